@@ -1,0 +1,11 @@
+"""mmdyn: dynamic-convolution backbones (ODConv, DCD, DyConv, CondConv) for
+MMDetection 3.x. Importing it registers every layer and backbone:
+``custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)``."""
+from .layers import (CondConv2d, DCDConv2d, DyConv2d, DynamicConv2d,
+                     ODConv2d, set_temperature)
+from .version import __version__
+
+__all__ = [
+    'ODConv2d', 'DCDConv2d', 'DyConv2d', 'CondConv2d', 'DynamicConv2d',
+    'set_temperature', '__version__'
+]

@@ -1,0 +1,51 @@
+"""CondConv (Yang et al., NeurIPS 2019): K kernels mixed by sigmoid routing
+weights."""
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+
+from .base import IntOrPair
+from .functional import global_avg_pool
+from .kernel_bank import KernelBankConv2d
+
+
+class CondConvRouting(nn.Module):
+    """Routing function: global average pool, one fully connected layer to K
+    logits, sigmoid of ``logits / T`` (the weights need not sum to 1)."""
+
+    def __init__(self, in_channels: int, kernel_num: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, kernel_num)
+
+    def forward(self, x: Tensor, temperature: float) -> Tensor:
+        return (self.fc(global_avg_pool(x)) / temperature).sigmoid()
+
+
+@MODELS.register_module()
+class CondConv2d(KernelBankConv2d):
+    """Conditionally parameterised convolution: ``W(x) = sum_k r_k(x) W_k``
+    with sigmoid routing weights ``r(x)``.
+
+    Args:
+        kernel_num (int): Number of kernels (experts) K. Default: 8, as in
+            the paper's detection and ImageNet comparisons.
+        Others: see :class:`mmdyn.layers.KernelBankConv2d`.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: IntOrPair,
+                 stride: IntOrPair = 1,
+                 padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 kernel_num: int = 8,
+                 temperature: float = 1.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, kernel_num,
+                         temperature)
+        self.attention = CondConvRouting(in_channels, kernel_num)
+
+    def kernel_attention(self, x: Tensor) -> Tensor:
+        return self.attention(x, self.temperature)

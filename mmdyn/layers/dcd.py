@@ -1,0 +1,183 @@
+"""DCD (Li et al., ICLR 2021): dynamic convolution decomposition,
+``W(x) = Lambda(x) W0 + P Phi(x) Q^T``."""
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+
+from .base import DynamicConv2d, IntOrPair
+from .functional import global_avg_pool, hard_sigmoid_gate
+
+
+class DCDDynamics(NamedTuple):
+    """The input-dependent parts of one batch."""
+    scale: Tensor  # (B, out_channels): Lambda(x), the diagonal of Eq. 4
+    phi: Tensor  # (B, L, L): Phi(x)
+
+
+class SqueezeGate(nn.Module):
+    """``y * gate(fc(y))``: the small SE block of the authors' code, whose
+    parameter is named ``fc.0.weight``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, channels, bias=False))
+
+    def forward(self, y: Tensor) -> Tensor:
+        return y * hard_sigmoid_gate(self.fc(y))
+
+
+def default_latent_dim(in_channels: int, pool_size: int) -> int:
+    """L of the authors' ResNet code: ``int(sqrt(in_channels * pool^2))``."""
+    return int(math.sqrt(in_channels * pool_size**2))
+
+
+def default_squeeze_channels(in_channels: int, latent_dim: int,
+                             pool_size: int) -> int:
+    """Width of the dynamic branch in the authors' ResNet code:
+    ``max(in_channels * pool^2, L^2) // 16``, at least 4."""
+    return max(max(in_channels * pool_size**2, latent_dim**2) // 16, 4)
+
+
+def _norm_1d_cfg(norm_cfg: dict) -> dict:
+    """The norm config for (B, L, H*W) tensors: 'BN' becomes 'BN1d'."""
+    cfg = dict(norm_cfg)
+    if cfg['type'] in ('BN', 'BN2d'):
+        cfg['type'] = 'BN1d'
+    return cfg
+
+
+@MODELS.register_module()
+class DCDConv2d(DynamicConv2d):
+    """Dynamic convolution decomposition, as the authors released it.
+
+    ``out = Lambda(x) * conv(x, W0) + p(bn2(Phi(x) z) + z)``, with
+    ``z = bn1(q(x))``: a static kernel ``W0`` (``conv``) scaled per output
+    channel by ``Lambda(x)``, plus a dynamic 1x1 residual through an
+    L-dimensional latent space: ``q`` (Q^T, in -> L, with the layer's
+    stride), ``Phi(x)`` (per-sample L x L) and ``p`` (P, L -> out). For a
+    kxk kernel the residual acts on the kernel's centre tap ("channel fusion
+    alone", Sec. 4.3). ``Lambda`` and ``Phi`` come from a branch on the
+    pooled input: ``fc`` (linear + small SE), then ``fc_scale`` (gate
+    ``relu6(v + 3) / 3``, range 0-2) and ``fc_phi``.
+
+    Where the released code differs from the paper (``bn1``, ``bn2``, the
+    identity added to Phi, the 0-2 gate, the rules for L and the branch
+    width), this follows the code, so the authors' checkpoints load.
+
+    Args:
+        latent_dim (int, optional): L. Default: ``int(sqrt(in_channels *
+            pool_size**2))`` as in the authors' ResNet.
+        squeeze_channels (int, optional): Width of the dynamic branch.
+            Default: ``max(in_channels * pool_size**2, L**2) // 16``, at
+            least 4.
+        pool_size (int): The branch pools the input to ``pool_size x
+            pool_size`` (1, or 2 as in the authors' ResNet-18 and some
+            MobileNetV2 layers). Default: 1.
+        norm_cfg (dict): Norm of the latent features; 'BN' gives
+            BatchNorm2d ``bn1`` and BatchNorm1d ``bn2`` as the authors'.
+            Default: ``dict(type='BN')``.
+        temperature (float): DCD has no softmax; mmdyn divides the logits of
+            Lambda and Phi by it, so a large temperature moves the layer
+            towards the static ``W0 + P Q^T`` (Lambda -> 1, Phi -> 0).
+        Others: see :class:`mmdyn.layers.DynamicConv2d`. ``groups`` applies
+            to ``W0``; the residual is a dense 1x1. ``bias=True`` adds a
+            static bias to the output.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: IntOrPair,
+                 stride: IntOrPair = 1,
+                 padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 latent_dim: Optional[int] = None,
+                 squeeze_channels: Optional[int] = None,
+                 pool_size: int = 1,
+                 norm_cfg: Optional[dict] = None,
+                 temperature: float = 1.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, temperature)
+        name = type(self).__name__
+        if pool_size not in (1, 2):
+            raise ValueError(
+                f'{name}: pool_size must be 1 or 2, got {pool_size!r}')
+        if latent_dim is None:
+            latent_dim = default_latent_dim(in_channels, pool_size)
+        if squeeze_channels is None:
+            squeeze_channels = default_squeeze_channels(
+                in_channels, latent_dim, pool_size)
+        for arg, value in (('latent_dim', latent_dim),
+                           ('squeeze_channels', squeeze_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f'{name}: {arg} must be a positive int, got {value!r}')
+        norm_cfg = dict(type='BN') if norm_cfg is None else norm_cfg
+        self.latent_dim = latent_dim
+        self.pool_size = pool_size
+
+        self.conv = nn.Conv2d(in_channels, out_channels, self.kernel_size,
+                              groups=groups, bias=False,
+                              **self.conv_kwargs())
+        self.q = nn.Conv2d(in_channels, latent_dim, 1, self.stride,
+                           bias=False)
+        self.p = nn.Conv2d(latent_dim, out_channels, 1, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, latent_dim)[1]
+        self.bn2 = build_norm_layer(_norm_1d_cfg(norm_cfg), latent_dim)[1]
+        self.fc = nn.Sequential(
+            nn.Linear(in_channels * pool_size**2, squeeze_channels,
+                      bias=False), SqueezeGate(squeeze_channels))
+        self.fc_phi = nn.Linear(squeeze_channels, latent_dim**2, bias=False)
+        self.fc_scale = nn.Linear(squeeze_channels, out_channels, bias=False)
+        for conv in (self.conv, self.q, self.p):
+            nn.init.kaiming_normal_(
+                conv.weight, mode='fan_out', nonlinearity='relu')
+
+    def residual_padding(self) -> Tuple[int, int, int, int]:
+        """``F.pad`` amounts (left, right, top, bottom; negative crops) that
+        put the 1x1 residual on the centre tap of the kxk kernel for any
+        padding and dilation. All zero for 'same' padding."""
+        pads = []
+        for k, p, d in zip(self.kernel_size[::-1], self.padding[::-1],
+                           self.dilation[::-1]):
+            centre = (k - 1) // 2
+            pads += [p - d * centre, p - d * (k - 1 - centre)]
+        return tuple(pads)
+
+    def dynamics(self, x: Tensor) -> DCDDynamics:
+        """Lambda(x) and Phi(x) of a batch."""
+        if self.pool_size == 1:
+            pooled = global_avg_pool(x)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, self.pool_size).flatten(1)
+        hidden = self.fc(pooled)
+        phi = self.fc_phi(hidden) / self.temperature
+        scale = hard_sigmoid_gate(self.fc_scale(hidden) / self.temperature)
+        return DCDDynamics(
+            scale=scale,
+            phi=phi.view(-1, self.latent_dim, self.latent_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dynamics = self.dynamics(x)
+        out = self.conv(x) * dynamics.scale[:, :, None, None]
+        pads = self.residual_padding()
+        latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))
+        flat = latent.flatten(2)
+        flat = self.bn2(torch.bmm(dynamics.phi, flat)) + flat
+        out = out + self.p(flat.view_as(latent))
+        if self.bias is not None:
+            out = out + self.bias[:, None, None]
+        return out
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr() + f', latent_dim={self.latent_dim}'
+        if self.pool_size != 1:
+            text += f', pool_size={self.pool_size}'
+        return text

@@ -1,0 +1,74 @@
+"""Batched building blocks of the dynamic convolutions (no Python loop over
+the batch anywhere)."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """Mean over H and W as (B, C). Half-precision inputs are accumulated in
+    float32, so large activations cannot overflow the sum."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.mean(dim=(2, 3), dtype=torch.float32).to(x.dtype)
+    return x.mean(dim=(2, 3))
+
+
+def hard_sigmoid_gate(x: Tensor) -> Tensor:
+    """DCD's gate ``relu6(x + 3) / 3``: 1 at x = 0, range [0, 2]. It is
+    twice ``torch.nn.Hardsigmoid``, as in the authors' released code."""
+    return F.relu6(x + 3.0) / 3.0
+
+
+def aggregate_kernels(attention: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample kernel ``sum_k attention[b, k] * weight[k]``.
+
+    Args:
+        attention: (B, K) kernel attention.
+        weight: (K, ...) kernel bank.
+
+    Returns:
+        Tensor: (B, ...) one kernel per sample.
+    """
+    num_kernels = weight.shape[0]
+    mixed = attention.to(weight.dtype) @ weight.reshape(num_kernels, -1)
+    return mixed.view(attention.shape[0], *weight.shape[1:])
+
+
+def per_sample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                      stride: Tuple[int, int], padding: Tuple[int, int],
+                      dilation: Tuple[int, int], groups: int) -> Tensor:
+    """Convolve each sample with its own kernel in one call.
+
+    Args:
+        x: (B, C_in, H, W) input.
+        weight: (B, C_out, C_in / groups, kh, kw) one kernel per sample.
+        bias: (B, C_out) one bias per sample, or None.
+
+    A 1x1 kernel with one group and no padding is a batched matrix product
+    over the (strided) pixels; anything else folds the batch into the
+    groups of a single ``F.conv2d``.
+    """
+    batch, in_channels, height, width = x.shape
+    out_channels = weight.shape[1]
+    if weight.shape[-2:] == (1, 1) and groups == 1 and padding == (0, 0):
+        if stride != (1, 1):
+            x = x[:, :, ::stride[0], ::stride[1]]
+        out_h, out_w = x.shape[-2:]
+        pixels = x.reshape(batch, in_channels, out_h * out_w)
+        kernels = weight.view(batch, out_channels, in_channels)
+        if bias is None:
+            out = torch.bmm(kernels, pixels)
+        else:
+            out = torch.baddbmm(bias.unsqueeze(-1), kernels, pixels)
+        return out.view(batch, out_channels, out_h, out_w)
+    out = F.conv2d(
+        x.reshape(1, batch * in_channels, height, width),
+        weight.reshape(batch * out_channels, *weight.shape[2:]),
+        None if bias is None else bias.reshape(-1),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=batch * groups)
+    return out.view(batch, out_channels, *out.shape[-2:])

@@ -1,0 +1,71 @@
+"""A bank of K static kernels mixed per sample by an attention: Eq. 1 of the
+ODConv paper, ``y = (a_1 W_1 + ... + a_K W_K) * x``, as in CondConv and
+DyConv."""
+import torch
+from torch import Tensor, nn
+
+from .base import DynamicConv2d, IntOrPair
+from .functional import aggregate_kernels, per_sample_conv2d
+
+
+def check_kernel_num(layer: str, kernel_num: int) -> int:
+    if not isinstance(kernel_num, int) or isinstance(kernel_num, bool) \
+            or kernel_num < 1:
+        raise ValueError(
+            f'{layer}: kernel_num must be an int >= 1, got {kernel_num!r}')
+    return kernel_num
+
+
+def make_kernel_bank(kernel_num: int, out_channels: int, in_per_group: int,
+                     kernel_size: tuple) -> nn.Parameter:
+    """(kernel_num, out, in / groups, kh, kw) weights, each kernel drawn
+    independently with Kaiming-normal (fan_out, ReLU) as in the authors'
+    code."""
+    weight = torch.empty(kernel_num, out_channels, in_per_group, *kernel_size)
+    for kernel in weight:
+        nn.init.kaiming_normal_(kernel, mode='fan_out', nonlinearity='relu')
+    return nn.Parameter(weight)
+
+
+class KernelBankConv2d(DynamicConv2d):
+    """Base of CondConv and DyConv: K kernels (and biases) mixed by a
+    per-sample attention of shape (B, K) that subclasses compute in
+    :meth:`kernel_attention`.
+
+    Args:
+        kernel_num (int): Number of kernels K.
+        Others: see :class:`DynamicConv2d`. With ``bias=True`` each kernel
+            has its own bias, mixed by the same attention.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: IntOrPair,
+                 stride: IntOrPair = 1,
+                 padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 kernel_num: int = 4,
+                 temperature: float = 1.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, False, temperature)
+        self.kernel_num = check_kernel_num(type(self).__name__, kernel_num)
+        self.weight = make_kernel_bank(kernel_num, out_channels,
+                                       in_channels // groups,
+                                       self.kernel_size)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(kernel_num, out_channels))
+
+    def kernel_attention(self, x: Tensor) -> Tensor:
+        """(B, K) weights of the kernels for input ``x``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        attention = self.kernel_attention(x)
+        weight = aggregate_kernels(attention, self.weight)
+        bias = None if self.bias is None else aggregate_kernels(
+            attention, self.bias)
+        return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
+                                 self.dilation, self.groups)

@@ -1,0 +1,169 @@
+"""ODConv (Li, Zhou and Yao, ICLR 2022): omni-dimensional dynamic
+convolution."""
+from typing import NamedTuple, Optional
+
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
+
+from .base import DynamicConv2d, IntOrPair, attention_width
+from .functional import aggregate_kernels, global_avg_pool, per_sample_conv2d
+from .kernel_bank import check_kernel_num, make_kernel_bank
+
+
+class ODAttentions(NamedTuple):
+    """The four attentions of one input batch. ``None`` stands for an
+    attention the layer does not have (it is 1)."""
+    channel: Tensor  # (B, in_channels): alpha_c
+    filter: Optional[Tensor]  # (B, out_channels): alpha_f
+    spatial: Optional[Tensor]  # (B, kh * kw): alpha_s
+    kernel: Optional[Tensor]  # (B, kernel_num): alpha_w
+
+
+class ODConvAttention(nn.Module):
+    """The multi-head attention branch of ODConv (Sec. 3.2).
+
+    Global average pool, ``fc`` (1x1 conv, no bias), ``bn``, ReLU, then four
+    1x1-conv heads with bias: ``channel_fc`` (sigmoid), ``filter_fc``
+    (sigmoid; absent for depthwise convs), ``spatial_fc`` (sigmoid; absent
+    for 1x1 kernels) and ``kernel_fc`` (softmax over kernels; absent for one
+    kernel). Names and shapes are those of the authors' release, so their
+    checkpoints load as they are.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: tuple,
+                 kernel_num: int,
+                 attention_channels: int,
+                 depthwise: bool,
+                 norm_cfg: dict) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(in_channels, attention_channels, 1, bias=False)
+        self.bn = build_norm_layer(norm_cfg, attention_channels)[1]
+        self.channel_fc = nn.Conv2d(attention_channels, in_channels, 1)
+        if not depthwise:
+            self.filter_fc = nn.Conv2d(attention_channels, out_channels, 1)
+        if kernel_size != (1, 1):
+            self.spatial_fc = nn.Conv2d(attention_channels,
+                                        kernel_size[0] * kernel_size[1], 1)
+        if kernel_num > 1:
+            self.kernel_fc = nn.Conv2d(attention_channels, kernel_num, 1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    module.weight, mode='fan_out', nonlinearity='relu')
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def _head(self, name: str, features: Tensor) -> Optional[Tensor]:
+        head = getattr(self, name, None)
+        return None if head is None else head(features).flatten(1)
+
+    def forward(self, x: Tensor, temperature: float) -> ODAttentions:
+        if (self.training and x.shape[0] == 1
+                and isinstance(self.bn, _BatchNorm)
+                and not isinstance(self.bn, SyncBatchNorm)):
+            raise ValueError(
+                'ODConv2d: the BatchNorm of the attention branch cannot train '
+                'on one image per GPU (its input is one pooled vector per '
+                'image). Keep it in eval mode (norm_eval=True in the '
+                'backbone, or call .eval()), train with more than one image '
+                "per GPU, or use norm_cfg=dict(type='SyncBN') across GPUs.")
+        features = global_avg_pool(x)[:, :, None, None]
+        features = F.relu(self.bn(self.fc(features)))
+        channel = (self._head('channel_fc', features) / temperature).sigmoid()
+        filter_, spatial, kernel = (self._head(name, features) for name in (
+            'filter_fc', 'spatial_fc', 'kernel_fc'))
+        return ODAttentions(
+            channel=channel,
+            filter=None if filter_ is None else
+            (filter_ / temperature).sigmoid(),
+            spatial=None if spatial is None else
+            (spatial / temperature).sigmoid(),
+            kernel=None if kernel is None else
+            (kernel / temperature).softmax(dim=1))
+
+
+@MODELS.register_module()
+class ODConv2d(DynamicConv2d):
+    """Omni-dimensional dynamic convolution, Eq. 2 of the ODConv paper:
+
+    ``y = sum_i (a_wi * a_fi * a_ci * a_si * W_i) * x``
+
+    with a spatial (a_s), input-channel (a_c) and filter (a_f) attention
+    shared by the kernels and a kernel attention (a_w) over them.
+
+    The input-channel attention scales the input and the filter attention
+    the output, which equals scaling the kernel; only the spatial and kernel
+    attentions need a per-sample kernel, and a 1x1 layer with one kernel
+    needs none.
+
+    Args:
+        kernel_num (int): Number of kernels ("1x" or "4x" in the paper).
+            Default: 1.
+        reduction (float): Attention width as a fraction of in_channels.
+            Default: 1/16.
+        min_channels (int): Smallest attention width. Default: 16.
+        norm_cfg (dict): Norm layer of the attention branch.
+            Default: ``dict(type='BN')``.
+        Others: see :class:`mmdyn.layers.DynamicConv2d`. The authors' layer
+            has no bias; ``bias=True`` adds a static one after the filter
+            attention.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: IntOrPair,
+                 stride: IntOrPair = 1,
+                 padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 kernel_num: int = 1,
+                 reduction: float = 0.0625,
+                 min_channels: int = 16,
+                 norm_cfg: Optional[dict] = None,
+                 temperature: float = 1.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, temperature)
+        name = type(self).__name__
+        self.kernel_num = check_kernel_num(name, kernel_num)
+        self.attention = ODConvAttention(
+            in_channels,
+            out_channels,
+            self.kernel_size,
+            kernel_num,
+            attention_width(name, in_channels, reduction, min_channels),
+            depthwise=self.is_depthwise,
+            norm_cfg=dict(type='BN') if norm_cfg is None else norm_cfg)
+        self.weight = make_kernel_bank(kernel_num, out_channels,
+                                       in_channels // groups,
+                                       self.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        attention = self.attention(x, self.temperature)
+        x = x * attention.channel[:, :, None, None]
+        if attention.kernel is None and attention.spatial is None:
+            out = F.conv2d(x, self.weight[0], None, groups=self.groups,
+                           **self.conv_kwargs())
+        else:
+            if attention.kernel is None:
+                weight = self.weight
+            else:
+                weight = aggregate_kernels(attention.kernel, self.weight)
+            if attention.spatial is not None:
+                weight = weight * attention.spatial.view(
+                    -1, 1, 1, *self.kernel_size)
+            weight = weight.expand(x.shape[0], *weight.shape[1:])
+            out = per_sample_conv2d(x, weight, None, self.stride,
+                                    self.padding, self.dilation, self.groups)
+        if attention.filter is not None:
+            out = out * attention.filter[:, :, None, None]
+        if self.bias is not None:
+            out = out + self.bias[:, None, None]
+        return out

@@ -1,0 +1,38 @@
+"""mmdyn: dynamic-convolution backbones (ODConv, DCD, DyConv, CondConv) for
+MMDetection 3.x."""
+import os.path as osp
+
+from setuptools import find_packages, setup
+
+
+def read_version():
+    namespace = {}
+    with open(osp.join(osp.dirname(__file__), 'mmdyn', 'version.py')) as f:
+        exec(f.read(), namespace)
+    return namespace['__version__']
+
+
+setup(
+    name='mmdyn',
+    version=read_version(),
+    description='Dynamic-convolution backbones (ODConv, DCD, DyConv, '
+    'CondConv) for MMDetection 3.x',
+    long_description=open(osp.join(osp.dirname(__file__), 'README.md'),
+                          encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['mmdyn', 'mmdyn.*']),
+    python_requires='>=3.8',
+    install_requires=[
+        'torch>=1.13',
+        'numpy',
+        'mmengine>=0.10.0,<0.11.0',
+        # mmcv must come with its compiled ops (mmcv.ops); there is no wheel
+        # on PyPI, tools/setup_env.sh builds it (README: Installation).
+        'mmcv>=2.1.0,<2.2.0',
+        'mmdet>=3.3.0,<3.4.0',
+        'pycocotools',
+    ],
+    extras_require={'tests': ['pytest']},
+    license='Apache License 2.0',
+    zip_safe=False,
+)

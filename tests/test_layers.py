@@ -1,0 +1,307 @@
+"""The four dynamic convolutions against their plain reference formulations
+(tests/reference.py): forward and gradients of the input and of every
+parameter, over the geometries a backbone uses."""
+import pytest
+import torch
+from mmcv.cnn import build_conv_layer
+
+import mmdyn  # noqa: F401  (registers the layers)
+from mmdyn.layers import (CondConv2d, DCDConv2d, DyConv2d, DynamicConv2d,
+                          ODConv2d, set_temperature)
+from reference import (MUTATIONS, condconv_reference, dcd_reference,
+                       dyconv_reference, odconv_reference)
+
+# (in, out, kernel, stride, padding, dilation, groups)
+GEOMETRIES = {
+    '1x1': (8, 12, 1, 1, 0, 1, 1),
+    '1x1-stride2': (8, 12, 1, 2, 0, 1, 1),
+    '1x1-padded': (8, 12, 1, 1, 1, 1, 1),
+    '3x3': (8, 12, 3, 1, 1, 1, 1),
+    '3x3-stride2': (8, 12, 3, 2, 1, 1, 1),
+    '3x3-dilated': (8, 12, 3, 1, 2, 2, 1),
+    '3x3-grouped': (8, 12, 3, 1, 1, 1, 4),
+    'depthwise-stride2': (8, 8, 3, 2, 1, 1, 8),
+    '5x5-unpadded': (8, 12, 5, 1, 0, 1, 1),
+    '2x2-even': (8, 12, 2, 1, 0, 1, 1),
+    '1x3': (8, 12, (1, 3), 1, (0, 1), 1, 1),
+}
+
+# name -> (class, reference, extra constructor kwargs per variant)
+LAYERS = {
+    'odconv-1x': (ODConv2d, odconv_reference, dict(kernel_num=1)),
+    'odconv-4x': (ODConv2d, odconv_reference, dict(kernel_num=4)),
+    'dcd': (DCDConv2d, dcd_reference, dict()),
+    'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
+    'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
+    'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),
+    'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3)),
+}
+
+
+def make_layer(layer_name, geometry, bias=False, temperature=1.0,
+               dtype=torch.float64, seed=0):
+    cls, reference, extra = LAYERS[layer_name]
+    in_ch, out_ch, kernel, stride, padding, dilation, groups = \
+        GEOMETRIES[geometry]
+    torch.manual_seed(seed)
+    layer = cls(in_ch, out_ch, kernel, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, bias=bias,
+                temperature=temperature, **extra)
+    randomize(layer)
+    return layer.to(dtype), reference
+
+
+def randomize(layer):
+    """Random parameters and BatchNorm statistics, so that every attention
+    is far from constant and a dropped or doubled one shows."""
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            param.normal_(0, 0.5 if param.dim() > 1 else 1.0)
+        for module in layer.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+
+
+def compare(layer, reference, x, atol):
+    """Forward and backward of the layer and of its reference; returns the
+    largest absolute difference over output and all gradients."""
+    grad_out = None
+    results = []
+    for forward in (layer, lambda t: reference(layer, t)):
+        layer.zero_grad()
+        inp = x.detach().clone().requires_grad_(True)
+        out = forward(inp)
+        if grad_out is None:
+            grad_out = torch.randn_like(out)
+        (out * grad_out).sum().backward()
+        grads = [inp.grad] + [p.grad for p in layer.parameters()]
+        results.append((out.detach(), [g.clone() for g in grads]))
+    (out_fast, grads_fast), (out_ref, grads_ref) = results
+    assert out_fast.shape == out_ref.shape
+    errors = [(out_fast - out_ref).abs().max().item()]
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        assert g_fast is not None and g_ref is not None
+        errors.append((g_fast - g_ref).abs().max().item())
+    scale = max(out_ref.abs().max().item(), 1.0)
+    assert max(errors) < atol * scale, errors
+    return max(errors)
+
+
+def _runs_in_training(layer_name, batch):
+    # ODConv's attention BatchNorm needs > 1 pooled vector per channel.
+    return not (layer_name.startswith('odconv') and batch == 1)
+
+
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+@pytest.mark.parametrize('layer_name', LAYERS)
+@pytest.mark.parametrize('batch,training', [(1, False), (3, True),
+                                            (3, False)])
+def test_fast_path_matches_reference_float64(layer_name, geometry, batch,
+                                             training):
+    layer, reference = make_layer(layer_name, geometry, bias=batch == 3,
+                                  temperature=1.0 if training else 2.5)
+    layer.train(training)
+    x = torch.randn(batch, layer.in_channels, 9, 7, dtype=torch.float64)
+    compare(layer, reference, x, atol=1e-8)
+
+
+@pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2', 'depthwise-stride2'])
+@pytest.mark.parametrize('layer_name', LAYERS)
+def test_fast_path_matches_reference_float32(layer_name, geometry):
+    layer, reference = make_layer(layer_name, geometry, dtype=torch.float32)
+    x = torch.randn(2, layer.in_channels, 11, 10)
+    compare(layer, reference, x, atol=1e-4)
+
+
+MUTANTS = {
+    'odconv-4x': ['channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc'],
+    'dcd': ['scale', 'phi', 'identity'],
+    'dyconv': ['kernel'],
+    'condconv': ['kernel'],
+}
+
+
+@pytest.mark.parametrize('layer_name,attention',
+                         [(name, att) for name, atts in MUTANTS.items()
+                          for att in atts])
+@pytest.mark.parametrize('how', MUTATIONS)
+def test_reference_comparison_catches_a_dropped_or_doubled_attention(
+        layer_name, attention, how):
+    """The float64 comparison above would fail if the fast path dropped an
+    attention or applied it twice: such a layer differs from the reference
+    by far more than the tolerance."""
+    if attention == 'identity' and how == 'twice':
+        pytest.skip('the identity is a constant; doubling it is not a bug '
+                    'the reference can express')
+    layer, reference = make_layer(layer_name, '3x3')
+    layer.eval()
+    x = torch.randn(2, layer.in_channels, 9, 7, dtype=torch.float64)
+    with torch.no_grad():
+        good = reference(layer, x)
+        mutant = reference(layer, x, mutate={attention: how})
+        assert (layer(x) - good).abs().max() < 1e-8
+    assert (mutant - good).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('layer_name', LAYERS)
+def test_half_precision_close_to_float32(layer_name):
+    layer, _ = make_layer(layer_name, '3x3-stride2', dtype=torch.float32)
+    layer.eval()
+    x = torch.randn(2, layer.in_channels, 9, 9)
+    with torch.no_grad():
+        expected = layer(x)
+        got = layer.half()(x.half())
+    assert got.dtype == torch.float16
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2,
+                               atol=2e-2 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize('layer_name', LAYERS)
+def test_memory_layout_does_not_change_the_result(layer_name):
+    layer, _ = make_layer(layer_name, '3x3')
+    layer.eval()
+    x = torch.randn(2, layer.in_channels, 9, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = layer(x)
+        channels_last = layer(x.to(memory_format=torch.channels_last))
+        transposed = layer(x.transpose(2, 3).contiguous().transpose(2, 3))
+    torch.testing.assert_close(channels_last, expected)
+    torch.testing.assert_close(transposed, expected)
+
+
+@pytest.mark.parametrize('type_name', ['ODConv2d', 'DCDConv2d', 'DyConv2d',
+                                       'CondConv2d'])
+def test_build_conv_layer_builds_every_registered_name(type_name):
+    layer = build_conv_layer(
+        dict(type=type_name), 16, 32, 3, stride=2, padding=1, dilation=1,
+        groups=1, bias=False)
+    assert type(layer).__name__ == type_name
+    assert isinstance(layer, DynamicConv2d)
+    assert layer.temperature == 1.0
+    out = layer.eval()(torch.randn(1, 16, 15, 15))
+    assert out.shape == (1, 32, 8, 8)
+
+
+def test_build_conv_layer_passes_method_arguments():
+    layer = build_conv_layer(dict(type='ODConv2d', kernel_num=4), 16, 32, 3,
+                             padding=1)
+    assert layer.weight.shape == (4, 32, 16, 3, 3)
+    assert layer.attention.kernel_fc.out_channels == 4
+
+
+@pytest.mark.parametrize('layer_name', LAYERS)
+def test_temperature_default_setter_and_set_temperature(layer_name):
+    layer, _ = make_layer(layer_name, '3x3')
+    layer.temperature = 1.0
+    model = torch.nn.Sequential(layer, torch.nn.ReLU())
+    assert set_temperature(model, 30.0) == 1
+    assert layer.temperature == 30.0
+    layer.update_temperature(2)
+    assert layer.temperature == 2.0
+    for bad in (0, -1.0, float('nan'), float('inf'), 'hot', None):
+        with pytest.raises(ValueError, match='temperature'):
+            layer.temperature = bad
+
+
+def test_high_temperature_flattens_the_attentions():
+    layer, _ = make_layer('odconv-4x', '3x3')
+    layer.eval()
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64)
+    layer.temperature = 1e6
+    att = layer.attention(x, layer.temperature)
+    for values, flat in ((att.kernel, 0.25), (att.channel, 0.5),
+                         (att.filter, 0.5), (att.spatial, 0.5)):
+        torch.testing.assert_close(values, torch.full_like(values, flat),
+                                   rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('cls', [ODConv2d, DCDConv2d, DyConv2d, CondConv2d])
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(in_channels=10, out_channels=12, groups=4), 'divisible by groups'),
+    (dict(in_channels=0), 'in_channels must be a positive int'),
+    (dict(kernel_size=0), 'kernel_size'),
+    (dict(stride=(1, 0)), 'stride'),
+    (dict(padding=-1), 'padding'),
+    (dict(temperature=0), 'temperature'),
+])
+def test_invalid_arguments_raise_a_clear_error(cls, kwargs, message):
+    args = dict(in_channels=8, out_channels=8, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message) as info:
+        cls(**args)
+    assert cls.__name__ in str(info.value)
+
+
+@pytest.mark.parametrize('cls', [ODConv2d, DyConv2d, CondConv2d])
+@pytest.mark.parametrize('kernel_num', [0, -2, 1.5, True])
+def test_kernel_num_must_be_a_positive_int(cls, kernel_num):
+    with pytest.raises(ValueError, match='kernel_num must be an int >= 1'):
+        cls(8, 8, 3, kernel_num=kernel_num)
+
+
+@pytest.mark.parametrize('cls', [ODConv2d, DyConv2d])
+@pytest.mark.parametrize('reduction', [0, -0.5, float('nan')])
+def test_reduction_must_be_positive(cls, reduction):
+    with pytest.raises(ValueError, match='reduction must be a number > 0'):
+        cls(8, 8, 3, reduction=reduction)
+
+
+def test_dcd_rejects_unsupported_branch_settings():
+    with pytest.raises(ValueError, match='pool_size must be 1 or 2'):
+        DCDConv2d(8, 8, 3, pool_size=3)
+    with pytest.raises(ValueError, match='latent_dim must be a positive'):
+        DCDConv2d(8, 8, 3, latent_dim=0)
+
+
+def test_odconv_explains_batch_one_training():
+    layer = ODConv2d(8, 8, 3, padding=1).train()
+    with pytest.raises(ValueError, match='norm_eval=True'):
+        layer(torch.randn(1, 8, 5, 5))
+    assert layer.eval()(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
+
+
+def test_odconv_heads_follow_the_official_rules():
+    """Depthwise: no filter head; 1x1: no spatial head; one kernel: no
+    kernel head; these create no parameters (and no checkpoint keys)."""
+    names = set(dict(ODConv2d(16, 16, 3, groups=16).named_parameters()))
+    assert 'attention.filter_fc.weight' not in names
+    assert 'attention.spatial_fc.weight' in names
+    assert 'attention.kernel_fc.weight' not in names
+    names = set(dict(ODConv2d(16, 32, 1, kernel_num=4).named_parameters()))
+    assert 'attention.spatial_fc.weight' not in names
+    assert {'attention.filter_fc.weight', 'attention.kernel_fc.weight'} \
+        <= names
+    layer = ODConv2d(64, 256, 1, kernel_num=4)
+    assert layer.attention.fc.weight.shape == (16, 64, 1, 1)
+    assert ODConv2d(512, 512, 3).attention.fc.weight.shape == (32, 512, 1, 1)
+
+
+def test_dcd_default_dimensions_follow_the_released_resnet():
+    layer = DCDConv2d(2048, 512, 1)
+    assert layer.latent_dim == 45
+    assert layer.fc_phi.weight.shape == (45 * 45, 128)
+    assert layer.q.weight.shape == (45, 2048, 1, 1)
+    assert layer.fc_scale.weight.shape == (512, 128)
+    basic = DCDConv2d(64, 64, 3, padding=1, pool_size=2)
+    assert basic.latent_dim == 16
+    assert basic.fc[0].weight.shape == (16, 256)
+
+
+def test_dcd_gate_is_twice_hardsigmoid():
+    from mmdyn.layers.functional import hard_sigmoid_gate
+    v = torch.linspace(-5, 5, 11)
+    torch.testing.assert_close(hard_sigmoid_gate(v),
+                               2 * torch.nn.functional.hardsigmoid(v))
+
+
+def test_large_half_activations_stay_finite():
+    for layer_name in LAYERS:
+        layer, _ = make_layer(layer_name, '3x3', dtype=torch.float16)
+        layer.eval()
+        x = torch.full((2, layer.in_channels, 64, 64), 6e4,
+                       dtype=torch.float16)
+        with torch.no_grad():
+            pooled = mmdyn.layers.functional.global_avg_pool(x)
+        assert torch.isfinite(pooled).all(), layer_name
