@@ -184,6 +184,24 @@ def test_build_conv_layer_builds_every_registered_name(type_name):
     assert out.shape == (1, 32, 8, 8)
 
 
+@pytest.mark.parametrize('type_name', ['ODConv2d', 'DCDConv2d', 'DyConv2d',
+                                       'CondConv2d'])
+def test_conv_module_accepts_every_layer_and_keeps_its_init(type_name):
+    from mmcv.cnn import ConvModule
+    torch.manual_seed(0)
+    conv_cfg = dict(type=type_name)
+    module = ConvModule(16, 32, 3, stride=2, padding=1, conv_cfg=conv_cfg,
+                        norm_cfg=dict(type='BN'))
+    torch.manual_seed(0)
+    plain = build_conv_layer(conv_cfg, 16, 32, 3, stride=2, padding=1,
+                             bias=False)
+    for (name, got), (_, expected) in zip(module.conv.state_dict().items(),
+                                          plain.state_dict().items()):
+        assert torch.equal(got, expected), name
+    out = module.eval()(torch.randn(2, 16, 9, 9))
+    assert out.shape == (2, 32, 5, 5)
+
+
 def test_build_conv_layer_passes_method_arguments():
     layer = build_conv_layer(dict(type='ODConv2d', kernel_num=4), 16, 32, 3,
                              padding=1)

@@ -72,6 +72,10 @@ class DynamicConv2d(nn.Module):
             :class:`mmdyn.TemperatureAnnealingHook` change it.
     """
 
+    # read by mmcv's ConvModule, as from any nn.Conv2d
+    transposed = False
+    output_padding = (0, 0)
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
@@ -116,6 +120,11 @@ class DynamicConv2d(nn.Module):
     @temperature.setter
     def temperature(self, value: float) -> None:
         self._temperature = check_temperature(type(self).__name__, value)
+
+    def init_weights(self) -> None:
+        """Nothing to do: every layer is initialised when built, as the
+        authors do. Defined so that mmcv's ConvModule does not apply its
+        Kaiming init to a kernel bank as if it were one 4-D kernel."""
 
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""
