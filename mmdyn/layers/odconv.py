@@ -64,7 +64,7 @@ class ODConvAttention(nn.Module):
         return None if head is None else head(features).flatten(1)
 
     def forward(self, x: Tensor, temperature: float) -> ODAttentions:
-        if (self.training and x.shape[0] == 1
+        if (self.bn.training and x.shape[0] == 1
                 and isinstance(self.bn, _BatchNorm)
                 and not isinstance(self.bn, SyncBatchNorm)):
             raise ValueError(

@@ -1,0 +1,182 @@
+"""ResNet backbones whose residual blocks use dynamic convolutions."""
+import math
+from typing import Optional
+
+from mmdet.models.backbones import ResNet
+from mmdet.models.layers import ResLayer
+
+from ...registry import register_model
+
+
+class _BlockFactory:
+    """Stands in for a block class in mmdet's ``ResLayer``: builds the i-th
+    block with the dynamic conv config if ``dynamic[i]``, else with the
+    static one that ``ResLayer`` also gives the downsample shortcut."""
+
+    def __init__(self, block, dynamic, dynamic_conv_cfg):
+        self.block = block
+        self.expansion = block.expansion
+        self.dynamic = list(dynamic)
+        self.dynamic_conv_cfg = dynamic_conv_cfg
+
+    def __call__(self, **kwargs):
+        if self.dynamic.pop(0):
+            kwargs['conv_cfg'] = self.dynamic_conv_cfg
+        return self.block(**kwargs)
+
+
+class DynamicResNet(ResNet):
+    """MMDetection's ResNet with dynamic convolutions in its residual blocks.
+
+    The stem conv and the downsample shortcuts stay static, as in the papers.
+    Every argument of :class:`mmdet.models.backbones.ResNet` works as there
+    (``depth``, ``out_indices``, ``frozen_stages``, ``norm_cfg``,
+    ``norm_eval``, ``with_cp``, ``init_cfg``, ...); ``norm_eval`` and
+    ``frozen_stages`` also cover the BatchNorms and parameters of the
+    attention branches, which live inside the blocks. ``conv_cfg`` is the
+    config of the static convs.
+
+    Args:
+        dynamic_conv_cfg (dict): Config of the dynamic conv of the blocks,
+            e.g. ``dict(type='ODConv2d', kernel_num=4)``; the backbone's
+            ``norm_cfg`` is passed on to layers whose attention has a norm.
+        num_dynamic_blocks (int, optional): Only the last this many residual
+            blocks are dynamic (CondConv's placement). Default: all.
+        dynamic_shortcut (bool): Make the 1x1 downsample shortcuts dynamic
+            too (DyConv's "every conv but the first"). Default: False.
+        temperature (float): Temperature of every dynamic conv. Default: 1.0
+            (annealing off, as for detection fine-tuning).
+    """
+
+    #: dynamic conv types whose attention branch has a norm layer
+    _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
+
+    def __init__(self,
+                 depth: int,
+                 dynamic_conv_cfg: dict,
+                 num_dynamic_blocks: Optional[int] = None,
+                 dynamic_shortcut: bool = False,
+                 temperature: float = 1.0,
+                 **kwargs) -> None:
+        name = type(self).__name__
+        if depth not in self.arch_settings:
+            raise KeyError(f'{name}: depth must be one of '
+                           f'{sorted(self.arch_settings)}, got {depth!r}')
+        if num_dynamic_blocks is not None and (
+                not isinstance(num_dynamic_blocks, int)
+                or num_dynamic_blocks < 0):
+            raise ValueError(f'{name}: num_dynamic_blocks must be None (all '
+                             f'blocks) or an int >= 0, got '
+                             f'{num_dynamic_blocks!r}')
+        check_stage_indices(name, kwargs, num_stages=kwargs.get(
+            'num_stages', 4))
+        self.dynamic_conv_cfg = dict(dynamic_conv_cfg, temperature=temperature)
+        if self.dynamic_conv_cfg['type'] in self._NORMED_TYPES:
+            norm_cfg = kwargs.get('norm_cfg', dict(type='BN'))
+            self.dynamic_conv_cfg.setdefault('norm_cfg', {
+                k: v for k, v in norm_cfg.items() if k != 'requires_grad'})
+        self.num_dynamic_blocks = num_dynamic_blocks
+        self.dynamic_shortcut = dynamic_shortcut
+        super().__init__(depth, **kwargs)
+
+    def block_is_dynamic(self, index: int) -> bool:
+        """Whether the residual block at ``index`` (counted over all stages)
+        is dynamic."""
+        total = sum(self.stage_blocks)
+        if self.num_dynamic_blocks is None:
+            return True
+        return index >= total - self.num_dynamic_blocks
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        return self  # mmdet's ResNet.train returns None, nn.Module self
+
+    def make_res_layer(self, **kwargs) -> ResLayer:
+        stage = int(round(math.log2(kwargs['planes'] / self.base_channels)))
+        first = sum(self.stage_blocks[:stage])
+        kwargs['block'] = _BlockFactory(
+            kwargs['block'],
+            [self.block_is_dynamic(first + i)
+             for i in range(kwargs['num_blocks'])], self.dynamic_conv_cfg)
+        if self.dynamic_shortcut:
+            # ResLayer builds the downsample shortcut with this config
+            kwargs['conv_cfg'] = self.dynamic_conv_cfg
+        return ResLayer(**kwargs)
+
+
+def check_stage_indices(name: str, kwargs: dict, num_stages: int) -> None:
+    """Clear errors for ``out_indices`` and ``frozen_stages`` that name a
+    stage the backbone does not have."""
+    out_indices = kwargs.get('out_indices', ())
+    if not all(isinstance(i, int) and 0 <= i < num_stages
+               for i in out_indices):
+        raise ValueError(f'{name}: out_indices must be stage indices in '
+                         f'0..{num_stages - 1}, got {out_indices!r}')
+    frozen = kwargs.get('frozen_stages', -1)
+    if not isinstance(frozen, int) or not -1 <= frozen <= num_stages:
+        raise ValueError(f'{name}: frozen_stages must be -1 (none) or '
+                         f'0..{num_stages} (stem and that many stages), got '
+                         f'{frozen!r}')
+
+
+@register_model
+class ODResNet(DynamicResNet):
+    """ResNet with ODConv in every conv of every residual block (ODConv
+    paper, Sec. 4).
+
+    Args:
+        depth (int): 18, 34, 50, 101 or 152.
+        kernel_num (int): 1 ("ODConv 1x") or 4 ("4x"). Default: 1.
+        reduction (float): Attention width ratio. Default: 1/16.
+        Others: see :class:`DynamicResNet` and mmdet's ``ResNet``.
+    """
+
+    def __init__(self, depth: int, kernel_num: int = 1,
+                 reduction: float = 0.0625, **kwargs) -> None:
+        super().__init__(
+            depth,
+            dict(type='ODConv2d', kernel_num=kernel_num, reduction=reduction),
+            **kwargs)
+
+
+@register_model
+class DCDResNet(DynamicResNet):
+    """ResNet with DCD in every conv of every residual block: 1x1 convs get
+    full DCD, 3x3 convs a 1x1 dynamic residual (channel fusion alone). As in
+    the authors' code, the branch of a BasicBlock (ResNet-18/34) pools to
+    2x2, that of a Bottleneck to 1x1."""
+
+    def __init__(self, depth: int, **kwargs) -> None:
+        block = self.arch_settings.get(depth, (None, ))[0]
+        pool_size = 2 if getattr(block, 'expansion', 4) == 1 else 1
+        super().__init__(depth, dict(type='DCDConv2d', pool_size=pool_size),
+                         **kwargs)
+
+
+@register_model
+class DyConvResNet(DynamicResNet):
+    """ResNet with DyConv (4 kernels by default) in every conv but the stem,
+    downsample shortcuts included, as DyConv places it."""
+
+    def __init__(self, depth: int, kernel_num: int = 4,
+                 reduction: float = 0.25, dynamic_shortcut: bool = True,
+                 **kwargs) -> None:
+        super().__init__(
+            depth,
+            dict(type='DyConv2d', kernel_num=kernel_num, reduction=reduction),
+            dynamic_shortcut=dynamic_shortcut,
+            **kwargs)
+
+
+@register_model
+class CondConvResNet(DynamicResNet):
+    """ResNet with CondConv (8 kernels) in its last 3 residual blocks, the
+    placement the CondConv paper uses for ResNet."""
+
+    def __init__(self, depth: int, kernel_num: int = 8,
+                 num_dynamic_blocks: Optional[int] = 3, **kwargs) -> None:
+        super().__init__(
+            depth,
+            dict(type='CondConv2d', kernel_num=kernel_num),
+            num_dynamic_blocks=num_dynamic_blocks,
+            **kwargs)
