@@ -323,3 +323,46 @@ def test_large_half_activations_stay_finite():
         with torch.no_grad():
             pooled = mmdyn.layers.functional.global_avg_pool(x)
         assert torch.isfinite(pooled).all(), layer_name
+
+
+@pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2', '3x3-grouped',
+                                      'depthwise-stride2', '5x5-unpadded'])
+@pytest.mark.parametrize('layer_name', LAYERS)
+@pytest.mark.parametrize('bias', [False, True])
+def test_load_static_weight_starts_as_the_static_conv(layer_name, geometry,
+                                                      bias):
+    layer, _ = make_layer(layer_name, geometry, bias=bias, temperature=3.0)
+    weight = torch.randn(layer.out_channels,
+                         layer.in_channels // layer.groups,
+                         *layer.kernel_size, dtype=torch.float64)
+    static_bias = torch.randn(layer.out_channels, dtype=torch.float64) \
+        if bias else None
+    layer.load_static_weight(weight, static_bias)
+    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(x, weight, static_bias,
+                                          **layer.conv_kwargs(),
+                                          groups=layer.groups)
+    for training in (True, False):
+        out = layer.train(training)(x)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    layer.train()(x).square().sum().backward()
+    if layer_name.startswith('dyconv'):
+        # K equal kernels: the softmax gets no gradient at the first step,
+        # but the kernels get different ones (pi_k * G), so they part and
+        # the attention learns from the next step on
+        if layer.kernel_num > 1:
+            grads = layer.weight.grad.flatten(1)
+            assert not torch.allclose(grads[0], grads[1])
+        return
+    # the attention learns from the first step
+    attention_grads = [p.grad for n, p in layer.named_parameters()
+                       if n.startswith(('attention.', 'fc', 'p.'))]
+    assert any(g is not None and g.abs().sum() > 0 for g in attention_grads)
+
+
+def test_load_static_weight_rejects_a_kernel_of_the_wrong_shape():
+    layer = ODConv2d(8, 12, 3, kernel_num=4)
+    with pytest.raises(ValueError, match=r'\(12, 8, 1, 1\).*\(12, 8, 3, 3\)'):
+        layer.load_static_weight(torch.randn(12, 8, 1, 1))
+    with pytest.raises(ValueError, match='bias=False'):
+        layer.load_static_weight(torch.randn(12, 8, 3, 3), torch.randn(12))

@@ -126,6 +126,38 @@ class DynamicConv2d(nn.Module):
         authors do. Defined so that mmcv's ConvModule does not apply its
         Kaiming init to a kernel bank as if it were one 4-D kernel."""
 
+    def load_static_weight(self, weight, bias=None) -> None:
+        """Start from a static conv: afterwards the layer computes exactly
+        ``F.conv2d(x, weight, bias)`` (at temperature 1) while its attention
+        can still learn. Subclasses document how.
+
+        Args:
+            weight (Tensor): (out_channels, in_channels / groups, kh, kw).
+            bias (Tensor, optional): (out_channels, ).
+        """
+        raise NotImplementedError
+
+    def _check_static(self, weight, bias):
+        expected = (self.out_channels, self.in_channels // self.groups,
+                    *self.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(
+                f'{type(self).__name__}: a static kernel of shape '
+                f'{tuple(weight.shape)} does not fit this layer, which needs '
+                f'{expected}')
+        if bias is not None and self.bias is None:
+            raise ValueError(
+                f'{type(self).__name__}: the static conv has a bias but this '
+                f'layer was built with bias=False')
+
+    def _load_static_bias(self, bias, kernel_num=None):
+        if self.bias is None:
+            return
+        with torch.no_grad():
+            value = torch.zeros(self.out_channels) if bias is None else bias
+            self.bias.copy_(value if kernel_num is None else
+                            value.expand_as(self.bias))
+
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""
         self.temperature = temperature

@@ -1,5 +1,6 @@
 """CondConv (Yang et al., NeurIPS 2019): K kernels mixed by sigmoid routing
 weights."""
+import torch
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
@@ -46,6 +47,13 @@ class CondConv2d(KernelBankConv2d):
                          padding, dilation, groups, bias, kernel_num,
                          temperature)
         self.attention = CondConvRouting(in_channels, kernel_num)
+
+    def prepare_static_start(self) -> float:
+        """Zero the routing layer: each weight is then sigmoid(0) = 0.5."""
+        with torch.no_grad():
+            self.attention.fc.weight.zero_()
+            self.attention.fc.bias.zero_()
+        return 0.5 * self.kernel_num
 
     def kernel_attention(self, x: Tensor) -> Tensor:
         return self.attention(x, self.temperature)

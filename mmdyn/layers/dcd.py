@@ -164,6 +164,18 @@ class DCDConv2d(DynamicConv2d):
             scale=scale,
             phi=phi.view(-1, self.latent_dim, self.latent_dim))
 
+    def load_static_weight(self, weight: Tensor,
+                           bias: Optional[Tensor] = None) -> None:
+        """``W0`` becomes ``weight``; ``fc_scale`` is zeroed (Lambda = 1)
+        and so is ``p`` (no residual yet), so the layer starts as the static
+        conv; P then learns from its gradient."""
+        self._check_static(weight, bias)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            self.fc_scale.weight.zero_()
+            self.p.weight.zero_()
+        self._load_static_bias(bias)
+
     def forward(self, x: Tensor) -> Tensor:
         dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]

@@ -62,6 +62,23 @@ class KernelBankConv2d(DynamicConv2d):
         """(B, K) weights of the kernels for input ``x``."""
         raise NotImplementedError
 
+    def prepare_static_start(self) -> float:
+        """Put the attention in its start state for
+        :meth:`load_static_weight` and return the sum of the K attention
+        weights there. A softmax sums to 1 whatever its input."""
+        return 1.0
+
+    def load_static_weight(self, weight: Tensor, bias=None) -> None:
+        """Every kernel (and bias) becomes ``weight / s`` with ``s`` the sum
+        of the attention weights at the start, so the layer starts as the
+        static conv."""
+        self._check_static(weight, bias)
+        scale = 1.0 / self.prepare_static_start()
+        with torch.no_grad():
+            self.weight.copy_((weight * scale).expand_as(self.weight))
+        self._load_static_bias(None if bias is None else bias * scale,
+                               self.kernel_num)
+
     def forward(self, x: Tensor) -> Tensor:
         attention = self.kernel_attention(x)
         weight = aggregate_kernels(attention, self.weight)

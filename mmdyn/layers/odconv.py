@@ -2,6 +2,7 @@
 convolution."""
 from typing import NamedTuple, Optional
 
+import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
@@ -144,6 +145,25 @@ class ODConv2d(DynamicConv2d):
         self.weight = make_kernel_bank(kernel_num, out_channels,
                                        in_channels // groups,
                                        self.kernel_size)
+
+    def load_static_weight(self, weight: Tensor,
+                           bias: Optional[Tensor] = None) -> None:
+        """Zero the attention heads (each sigmoid attention is then 0.5, the
+        kernel attention 1/K) and set every kernel to ``weight / 0.5^n``, n
+        the number of sigmoid attentions this layer has: the layer starts as
+        the static conv, and the heads learn from there."""
+        self._check_static(weight, bias)
+        heads = [getattr(self.attention, name, None)
+                 for name in ('channel_fc', 'filter_fc', 'spatial_fc')]
+        num_sigmoids = sum(head is not None for head in heads)
+        with torch.no_grad():
+            for head in heads + [getattr(self.attention, 'kernel_fc', None)]:
+                if head is not None:
+                    head.weight.zero_()
+                    head.bias.zero_()
+            self.weight.copy_((weight * 2.0**num_sigmoids).expand_as(
+                self.weight))
+        self._load_static_bias(bias)
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.attention(x, self.temperature)
