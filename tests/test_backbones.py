@@ -123,7 +123,7 @@ def test_mobilenet_placement():
     assert all(m.kernel_size == (1, 1) for m in dcd.values())
     assert 'conv2.conv' not in dcd
     cond = dynamic_layers(build(dict(type='CondConvMobileNetV2')))
-    assert {n.split('.conv.')[0] for n in cond} == {
+    assert {n.split('.')[0] + '.' + n.split('.')[1] for n in cond} == {
         'layer5.1', 'layer5.2', 'layer6.0', 'layer6.1', 'layer6.2',
         'layer7.0'}
 

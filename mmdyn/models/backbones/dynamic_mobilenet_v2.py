@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from .dynamic_resnet import check_stage_indices
+from .pretrained import CheckedPretrainedMixin
 
 #: the convs of an inverted residual block, and the last 1x1 conv
 ROLES = ('expand', 'depthwise', 'project', 'last')
@@ -18,9 +19,9 @@ ROLES = ('expand', 'depthwise', 'project', 'last')
 class DynamicInvertedResidual(BaseModule):
     """Inverted residual block whose three convs each have their own config.
 
-    ``conv`` holds ConvModules named as in MMDetection's InvertedResidual:
-    the 1x1 expansion (absent when ``expand_ratio`` is 1), the 3x3 depthwise
-    conv and the linear 1x1 projection.
+    Its ConvModules are named as in MMDetection's InvertedResidual:
+    ``expand_conv`` (1x1, absent when ``expand_ratio`` is 1),
+    ``depthwise_conv`` (3x3) and ``linear_conv`` (1x1, no activation).
 
     Args:
         conv_cfgs (dict): Conv config per role ('expand', 'depthwise',
@@ -41,26 +42,24 @@ class DynamicInvertedResidual(BaseModule):
         mid_channels = int(round(in_channels * expand_ratio))
         self.with_res_shortcut = stride == 1 and in_channels == out_channels
         self.with_cp = with_cp
+        self.with_expand_conv = expand_ratio != 1
         common = dict(norm_cfg=norm_cfg, act_cfg=act_cfg)
-        layers = []
-        if expand_ratio != 1:
-            layers.append(
-                ConvModule(in_channels, mid_channels, 1,
-                           conv_cfg=conv_cfgs['expand'], **common))
-        layers.append(
-            ConvModule(mid_channels, mid_channels, 3, stride=stride,
-                       padding=1, groups=mid_channels,
-                       conv_cfg=conv_cfgs['depthwise'], **common))
-        layers.append(
-            ConvModule(mid_channels, out_channels, 1,
-                       conv_cfg=conv_cfgs['project'], norm_cfg=norm_cfg,
-                       act_cfg=None))
-        self.conv = nn.Sequential(*layers)
+        if self.with_expand_conv:
+            self.expand_conv = ConvModule(
+                in_channels, mid_channels, 1, conv_cfg=conv_cfgs['expand'],
+                **common)
+        self.depthwise_conv = ConvModule(
+            mid_channels, mid_channels, 3, stride=stride, padding=1,
+            groups=mid_channels, conv_cfg=conv_cfgs['depthwise'], **common)
+        self.linear_conv = ConvModule(
+            mid_channels, out_channels, 1, conv_cfg=conv_cfgs['project'],
+            norm_cfg=norm_cfg, act_cfg=None)
 
     def forward(self, x: Tensor) -> Tensor:
 
         def _inner_forward(x):
-            out = self.conv(x)
+            out = self.expand_conv(x) if self.with_expand_conv else x
+            out = self.linear_conv(self.depthwise_conv(out))
             return x + out if self.with_res_shortcut else out
 
         if self.with_cp and x.requires_grad:
@@ -68,7 +67,7 @@ class DynamicInvertedResidual(BaseModule):
         return _inner_forward(x)
 
 
-class DynamicMobileNetV2(BaseModule):
+class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
     """MobileNetV2 with dynamic convolutions, laid out as MMDetection's
     ``MobileNetV2`` (``conv1`` stem, ``layer1``..``layer7``, ``conv2``) with
     its arguments and stage indices: the default ``out_indices=(1, 2, 4,

@@ -6,6 +6,7 @@ from mmdet.models.backbones import ResNet
 from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
+from .pretrained import CheckedPretrainedMixin
 
 
 class _BlockFactory:
@@ -25,7 +26,7 @@ class _BlockFactory:
         return self.block(**kwargs)
 
 
-class DynamicResNet(ResNet):
+class DynamicResNet(CheckedPretrainedMixin, ResNet):
     """MMDetection's ResNet with dynamic convolutions in its residual blocks.
 
     The stem conv and the downsample shortcuts stay static, as in the papers.

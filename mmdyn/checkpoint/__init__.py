@@ -1,0 +1,13 @@
+"""Checkpoints: safe reading, the authors' layouts, checked loading into
+mmdyn backbones (with inflation of static weights)."""
+from .io import CheckpointError, extract_state_dict, load_checkpoint_file
+from .matching import (CheckpointMismatchError, LoadReport,
+                       describe_checkpoint, load_backbone_checkpoint,
+                       load_backbone_state_dict)
+from .recognise import recognise_backbone
+
+__all__ = [
+    'CheckpointError', 'CheckpointMismatchError', 'LoadReport',
+    'load_checkpoint_file', 'extract_state_dict', 'load_backbone_checkpoint',
+    'load_backbone_state_dict', 'describe_checkpoint', 'recognise_backbone'
+]
