@@ -1,0 +1,3 @@
+from .temperature_annealing_hook import TemperatureAnnealingHook
+
+__all__ = ['TemperatureAnnealingHook']
