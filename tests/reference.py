@@ -157,7 +157,7 @@ def dcd_reference(layer, x, mutate=None):
     mixed = [phi[b] @ (a1[:, None] * u.flatten(1) + c1[:, None])
              for b, u in enumerate(projected)]
     a2, c2 = _bn_affine(torch.stack(mixed), layer.bn2, dims=(0, 2))
-    identity = torch.eye(latent, dtype=x.dtype)
+    identity = torch.eye(latent, dtype=x.dtype, device=x.device)
     if (mutate or {}).get('identity') == 'drop':
         identity = identity * 0
 

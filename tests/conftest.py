@@ -1,0 +1,24 @@
+"""``MMDYN_TEST_DEVICE=cuda python -m pytest tests/test_layers.py`` runs the
+layer tests on a GPU: tensors and modules are then created there."""
+import os
+
+import pytest
+import torch
+
+DEVICE = os.environ.get('MMDYN_TEST_DEVICE')
+
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    if not DEVICE:
+        yield
+        return
+    previous = torch.get_default_device()
+    torch.set_default_device(DEVICE)
+    # the comparisons check the formulation: no TF32 rounding on GPUs
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.set_default_device(previous)
