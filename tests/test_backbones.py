@@ -61,14 +61,11 @@ def test_scoped_and_plain_names_build_the_same_class(name):
     assert type(plain).__name__ == name
 
 
-@pytest.mark.parametrize('name', RESNETS)
-@pytest.mark.parametrize('depth,channels', [(18, [64, 128, 256, 512]),
-                                            (50, [256, 512, 1024, 2048])])
-def test_resnet_outputs_fpn_inputs_and_trains(name, depth, channels):
-    model = build(dict(type=name, depth=depth, norm_eval=False))
+def check_outputs_and_gradients(model, channels):
+    """Four outputs with ``channels`` at strides 4, 8, 16, 32; every
+    trainable parameter gets a gradient."""
     model.train()
-    x = torch.randn(2, 3, 64, 96)
-    outs = model(x)
+    outs = model(torch.randn(2, 3, 64, 96))
     assert [o.shape[1] for o in outs] == channels
     assert [o.shape[-2:] for o in outs] == [(64 // s, 96 // s)
                                            for s in (4, 8, 16, 32)]
@@ -78,6 +75,14 @@ def test_resnet_outputs_fpn_inputs_and_trains(name, depth, channels):
     assert not unused  # DDP needs no find_unused_parameters
 
 
+@pytest.mark.parametrize('name', RESNETS)
+@pytest.mark.parametrize('depth,channels', [(18, [64, 128, 256, 512]),
+                                            (50, [256, 512, 1024, 2048])])
+def test_resnet_outputs_fpn_inputs_and_trains(name, depth, channels):
+    check_outputs_and_gradients(
+        build(dict(type=name, depth=depth, norm_eval=False)), channels)
+
+
 @pytest.mark.parametrize('name,widen,channels', [
     ('ODMobileNetV2', 1.0, [24, 32, 96, 1280]),
     ('DCDMobileNetV2', 1.0, [24, 32, 96, 1280]),
@@ -85,16 +90,8 @@ def test_resnet_outputs_fpn_inputs_and_trains(name, depth, channels):
     ('CondConvMobileNetV2', 0.5, [16, 16, 48, 1280]),
 ])
 def test_mobilenet_outputs_fpn_inputs_and_trains(name, widen, channels):
-    model = build(dict(type=name, widen_factor=widen))
-    model.train()
-    x = torch.randn(2, 3, 64, 96)
-    outs = model(x)
-    assert [o.shape[1] for o in outs] == channels
-    assert [o.shape[-2:] for o in outs] == [(64 // s, 96 // s)
-                                           for s in (4, 8, 16, 32)]
-    sum(o.mean() for o in outs).backward()
-    unused = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not unused
+    check_outputs_and_gradients(build(dict(type=name, widen_factor=widen)),
+                                channels)
 
 
 def dynamic_layers(model):

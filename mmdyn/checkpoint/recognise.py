@@ -25,13 +25,22 @@ def _kernel_num(state_dict: Dict[str, Tensor]) -> int:
     return banks.pop()
 
 
+def _with_method(family: str, state_dict: Dict[str, Tensor], dcd: bool,
+                 **arch) -> dict:
+    """Config of ``family`` ('ResNet' / 'MobileNetV2') for the method the
+    state dict was trained with."""
+    if any('.attention.channel_fc.' in k for k in state_dict):
+        return dict(type=f'OD{family}', kernel_num=_kernel_num(state_dict),
+                    **arch)
+    return dict(type=f'DCD{family}' if dcd else f'mmdet.{family}', **arch)
+
+
 def recognise_backbone(state_dict: Dict[str, Tensor]) -> dict:
     """The mmdyn (or mmdet) backbone config a state dict was made for, from
     its keys and shapes: ResNet 18-152 or MobileNetV2 1.0/0.75/0.5, static,
     ODConv (with its kernel_num) or DCD."""
     state_dict, _ = split_classifier(state_dict)
     keys = list(state_dict)
-    odconv = any('.attention.channel_fc.' in k for k in keys)
     dcd = any(k.endswith('.fc_phi.weight') for k in keys)
     if any(k.startswith('layer1.') for k in keys):
         stages = tuple(
@@ -43,10 +52,7 @@ def recognise_backbone(state_dict: Dict[str, Tensor]) -> dict:
             raise CheckpointError(
                 f'a ResNet with {stages} blocks per stage is none of depth '
                 f'18/34/50/101/152')
-        if odconv:
-            return dict(type='ODResNet', depth=depth,
-                        kernel_num=_kernel_num(state_dict))
-        return dict(type='DCDResNet' if dcd else 'mmdet.ResNet', depth=depth)
+        return _with_method('ResNet', state_dict, dcd, depth=depth)
     stem = state_dict.get('features.0.0.weight')
     if stem is not None:
         widen = _MOBILENET_WIDTHS.get(stem.shape[0])
@@ -54,12 +60,9 @@ def recognise_backbone(state_dict: Dict[str, Tensor]) -> dict:
             raise CheckpointError(
                 f'a MobileNetV2 stem of {stem.shape[0]} channels is none of '
                 f'the released widths 1.0/0.75/0.5')
-        if odconv:
-            return dict(type='ODMobileNetV2', widen_factor=widen,
-                        kernel_num=_kernel_num(state_dict))
-        if dcd or is_dcd_mobilenet_layout(state_dict):
-            return dict(type='DCDMobileNetV2', widen_factor=widen)
-        return dict(type='mmdet.MobileNetV2', widen_factor=widen)
+        return _with_method(
+            'MobileNetV2', state_dict,
+            dcd or is_dcd_mobilenet_layout(state_dict), widen_factor=widen)
     raise CheckpointError(
         'not a ResNet or MobileNetV2 checkpoint of a known layout (no '
         f'"layer1." or "features.0.0." keys); first keys: {keys[:5]}')

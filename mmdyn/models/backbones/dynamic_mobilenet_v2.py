@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
-from .dynamic_resnet import check_stage_indices
 from .pretrained import CheckedPretrainedMixin
+from .utils import backbone_conv_cfg, check_stage_indices
 
 #: the convs of an inverted residual block, and the last 1x1 conv
 ROLES = ('expand', 'depthwise', 'project', 'last')
@@ -99,9 +99,6 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                      [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
                      [6, 320, 1, 1]]
 
-    #: dynamic conv types whose attention branch has a norm layer
-    _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
-
     def __init__(self,
                  dynamic_conv_cfg: dict,
                  widen_factor: float = 1.0,
@@ -132,10 +129,8 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.dynamic_conv_cfg = dict(dynamic_conv_cfg, temperature=temperature)
-        if self.dynamic_conv_cfg['type'] in self._NORMED_TYPES:
-            self.dynamic_conv_cfg.setdefault('norm_cfg', {
-                k: v for k, v in norm_cfg.items() if k != 'requires_grad'})
+        self.dynamic_conv_cfg = backbone_conv_cfg(dynamic_conv_cfg,
+                                                  temperature, norm_cfg)
 
         in_channels = make_divisible(32 * widen_factor, 8)
         self.conv1 = ConvModule(3, in_channels, 3, stride=2, padding=1,

@@ -7,6 +7,7 @@ from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
+from .utils import backbone_conv_cfg, check_stage_indices
 
 
 class _BlockFactory:
@@ -49,9 +50,6 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             (annealing off, as for detection fine-tuning).
     """
 
-    #: dynamic conv types whose attention branch has a norm layer
-    _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
-
     def __init__(self,
                  depth: int,
                  dynamic_conv_cfg: dict,
@@ -71,11 +69,9 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
                              f'{num_dynamic_blocks!r}')
         check_stage_indices(name, kwargs, num_stages=kwargs.get(
             'num_stages', 4))
-        self.dynamic_conv_cfg = dict(dynamic_conv_cfg, temperature=temperature)
-        if self.dynamic_conv_cfg['type'] in self._NORMED_TYPES:
-            norm_cfg = kwargs.get('norm_cfg', dict(type='BN'))
-            self.dynamic_conv_cfg.setdefault('norm_cfg', {
-                k: v for k, v in norm_cfg.items() if k != 'requires_grad'})
+        self.dynamic_conv_cfg = backbone_conv_cfg(
+            dynamic_conv_cfg, temperature,
+            kwargs.get('norm_cfg', dict(type='BN', requires_grad=True)))
         self.num_dynamic_blocks = num_dynamic_blocks
         self.dynamic_shortcut = dynamic_shortcut
         super().__init__(depth, **kwargs)
@@ -103,21 +99,6 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             # ResLayer builds the downsample shortcut with this config
             kwargs['conv_cfg'] = self.dynamic_conv_cfg
         return ResLayer(**kwargs)
-
-
-def check_stage_indices(name: str, kwargs: dict, num_stages: int) -> None:
-    """Clear errors for ``out_indices`` and ``frozen_stages`` that name a
-    stage the backbone does not have."""
-    out_indices = kwargs.get('out_indices', ())
-    if not all(isinstance(i, int) and 0 <= i < num_stages
-               for i in out_indices):
-        raise ValueError(f'{name}: out_indices must be stage indices in '
-                         f'0..{num_stages - 1}, got {out_indices!r}')
-    frozen = kwargs.get('frozen_stages', -1)
-    if not isinstance(frozen, int) or not -1 <= frozen <= num_stages:
-        raise ValueError(f'{name}: frozen_stages must be -1 (none) or '
-                         f'0..{num_stages} (stem and that many stages), got '
-                         f'{frozen!r}')
 
 
 @register_model
