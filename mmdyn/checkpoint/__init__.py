@@ -5,6 +5,7 @@ from .matching import (CheckpointMismatchError, LoadReport,
                        describe_checkpoint, load_backbone_checkpoint,
                        load_backbone_state_dict)
 from .recognise import recognise_backbone
+from .training import load_local_checkpoint  # noqa: F401  (registers it)
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'LoadReport',

@@ -5,12 +5,38 @@ import re
 from collections import OrderedDict
 from typing import Dict
 
+import numpy as np
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
 from torch import Tensor
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct, scalar
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+#: What MMEngine's own training checkpoints hold besides tensors and plain
+#: Python values (the message hub's HistoryBuffers of numpy arrays and
+#: scalars): the only types weights-only loading is extended with.
+TRAINING_CHECKPOINT_GLOBALS = [
+    HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype,
+    *sorted({type(np.dtype(t)) for t in np.typecodes['All'] if t not in 'OV'},
+            key=lambda cls: cls.__name__)
+]
+
+
+def safe_torch_load(filename, map_location='cpu'):
+    """``torch.load(weights_only=True)`` that also accepts MMEngine's
+    training checkpoints (:data:`TRAINING_CHECKPOINT_GLOBALS`) and nothing
+    else."""
+    with torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
+        return torch.load(filename, map_location=map_location,
+                          weights_only=True)
 
 
 def load_checkpoint_file(filename: str, map_location='cpu'):
@@ -26,8 +52,7 @@ def load_checkpoint_file(filename: str, map_location='cpu'):
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
     try:
-        return torch.load(filename, map_location=map_location,
-                          weights_only=True)
+        return safe_torch_load(filename, map_location)
     except Exception as error:  # unpickling, zip, EOF, format errors
         refused = re.search(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)',
                             str(error))
@@ -71,3 +96,4 @@ def extract_state_dict(checkpoint, filename: str = 'checkpoint'
     return OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v)
         for k, v in checkpoint.items())
+
