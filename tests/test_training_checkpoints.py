@@ -48,7 +48,8 @@ def _runner(work_dir, max_epochs, resume=False):
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook',
                                            interval=1)),
-        resume=resume, randomness=dict(seed=0))
+        # as MMDetection configs do (the scope outlives the runner)
+        default_scope='mmdet', resume=resume, randomness=dict(seed=0))
 
 
 def test_training_checkpoint_loads_weights_only_and_resumes(tmp_path):
