@@ -31,6 +31,9 @@ setup(
         'mmcv>=2.1.0,<2.2.0',
         'mmdet>=3.3.0,<3.4.0',
         'pycocotools',
+        # mmengine resolves 'mmdet::' base configs with pkg_resources, which
+        # setuptools 81 removed; torch 2.6+ needs setuptools >= 77
+        'setuptools>=77,<81',
     ],
     extras_require={'tests': ['pytest']},
     license='Apache License 2.0',

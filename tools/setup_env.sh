@@ -27,15 +27,11 @@ if "$PY" -c 'import mmcv, mmcv._ext; assert mmcv.__version__.startswith("2.1.")'
     step "keeping the installed mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') (with ops)"
 else
     # mmcv 2.1.0's setup.py needs setuptools < 70 and the torch it compiles
-    # against (no build isolation); recent torch wants a newer setuptools at
-    # run time, so the one found here is put back afterwards.
-    old_setuptools=$("$PY" -c 'import setuptools; print(setuptools.__version__)' 2>/dev/null || true)
+    # against (no build isolation); setup.py then asks for the setuptools
+    # that torch and mmengine need at run time.
     step "building mmcv 2.1.0 with ops from source (about 10 minutes on 2 cores; reused from pip's cache next time)"
     pip_install "setuptools<70" wheel numpy ninja
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation mmcv==2.1.0
-    if [ -n "$old_setuptools" ]; then
-        pip_install "setuptools==$old_setuptools"
-    fi
     "$PY" -c 'import mmcv, mmcv._ext' || { echo "mmcv was installed without its compiled ops" >&2; exit 1; }
 fi
 

@@ -1,0 +1,83 @@
+# Mask R-CNN with an ODConv (4x) ResNet-18 on the demo-shapes dataset, which
+# tools/train.py and tools/test.py generate under data/demo_shapes/ when it
+# is missing: a few minutes on a CPU, seconds on a GPU.
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)
+
+demo_dataset = dict(root='data/demo_shapes/', num_train=200, num_val=50,
+                    image_size=256, seed=0)
+data_root = demo_dataset['root']
+metainfo = dict(classes=('circle', 'square', 'triangle'))
+image_scale = (256, 256)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ODResNet',
+        depth=18,
+        kernel_num=4,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False,  # trained from scratch: BatchNorm must learn
+        init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+    roi_head=dict(
+        bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_sampler=None,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(
+    ann_file=data_root + 'annotations/instances_val.json',
+    metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+max_iters = 300
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+    val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+         end=50),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[200, 270], gamma=0.1),
+]
+optim_wrapper = dict(optimizer=dict(lr=0.02))
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=100),
+    logger=dict(interval=10))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(base_batch_size=4)

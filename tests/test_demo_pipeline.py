@@ -1,0 +1,88 @@
+"""The user's whole workflow on CPU: tools/train.py on a demo config
+(dataset generated on the fly), --resume, tools/test.py printing COCO AP."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from mmdyn.datasets import make_demo_shapes
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MASK = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_od-r18-4x_fpn_demo-shapes.py')
+FASTER = osp.join(REPO, 'configs', 'demo',
+                  'faster-rcnn_od-r18-4x_fpn_demo-shapes.py')
+
+# small and quick: 4 iterations, 128 px images, few detections per image
+QUICK = [
+    'demo_dataset.num_train=8', 'demo_dataset.num_val=4',
+    'demo_dataset.image_size=128', 'train_cfg.max_iters=4',
+    'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=2',
+    'default_hooks.logger.interval=1', 'model.test_cfg.rcnn.max_per_img=10',
+    'train_dataloader.batch_size=2'
+] + [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test')
+     for key in ('num_workers=0', 'persistent_workers=False')]
+
+
+def run_tool(tool, *args, cwd):
+    result = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', tool), *args],
+        capture_output=True, text=True, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[
+        -3000:]
+    return result.stdout + result.stderr
+
+
+def test_make_demo_shapes_is_deterministic(tmp_path):
+    make_demo_shapes(str(tmp_path / 'a'), num_train=3, num_val=2,
+                     image_size=96)
+    make_demo_shapes(str(tmp_path / 'b'), num_train=3, num_val=2,
+                     image_size=96)
+    for split in ('train', 'val'):
+        a, b = (json.load(open(tmp_path / d / 'annotations' /
+                               f'instances_{split}.json')) for d in 'ab')
+        assert a == b and a['annotations']
+        for image in a['images']:
+            assert (tmp_path / 'a' / split / image['file_name']).read_bytes(
+            ) == (tmp_path / 'b' / split / image['file_name']).read_bytes()
+        for ann in a['annotations']:
+            x, y, w, h = ann['bbox']
+            assert 0 <= x and x + w <= 96 and w > 0 and h > 0
+            assert 0 < ann['area'] <= w * h + 1e-6
+
+
+def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):
+    work = str(tmp_path / 'work')
+    out = run_tool('train.py', MASK, '--work-dir', work, '--cfg-options',
+                   *QUICK, cwd=tmp_path)
+    assert 'generated the demo dataset' in out
+    assert 'loss_mask' in out and osp.isfile(osp.join(work, 'iter_4.pth'))
+    # resume from iteration 2 and finish again at 4
+    out = run_tool('train.py', MASK, '--work-dir', work, '--resume',
+                   osp.join(work, 'iter_2.pth'), '--cfg-options', *QUICK,
+                   cwd=tmp_path)
+    assert 'resumed' in out.lower() and 'Iter(train) [3/4]' in out
+    out = run_tool('test.py', MASK, osp.join(work, 'iter_4.pth'),
+                   '--work-dir', work, '--cfg-options', *QUICK, cwd=tmp_path)
+    assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+
+
+def test_train_and_test_faster_rcnn_on_cpu(tmp_path):
+    work = str(tmp_path / 'work')
+    quick = [o for o in QUICK if not o.startswith('train_cfg.max_iters')]
+    run_tool('train.py', FASTER, '--work-dir', work, '--cfg-options',
+             'train_cfg.max_iters=2', *quick, cwd=tmp_path)
+    out = run_tool('test.py', FASTER, osp.join(work, 'iter_2.pth'),
+                   '--work-dir', work, '--cfg-options', *quick, cwd=tmp_path)
+    assert 'coco/bbox_mAP' in out and 'segm_mAP' not in out
+
+
+@pytest.mark.parametrize('config', [MASK, FASTER])
+def test_demo_configs_use_only_custom_imports(config):
+    cfg = Config.fromfile(config)
+    assert cfg.custom_imports == dict(imports=['mmdyn'],
+                                      allow_failed_imports=False)
+    assert cfg.model.backbone.type == 'ODResNet'
+    assert cfg.model.neck.in_channels == [64, 128, 256, 512]
