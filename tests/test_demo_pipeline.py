@@ -8,7 +8,7 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from mmdyn.datasets import make_demo_shapes
+from mmdyn.datasets import make_demo_shapes, prepare_demo_dataset
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_od-r18-4x_fpn_demo-shapes.py')
@@ -51,6 +51,29 @@ def test_make_demo_shapes_is_deterministic(tmp_path):
             x, y, w, h = ann['bbox']
             assert 0 <= x and x + w <= 96 and w > 0 and h > 0
             assert 0 < ann['area'] <= w * h + 1e-6
+
+
+def test_prepare_demo_dataset_generates_once_and_keeps_user_folders(
+        tmp_path):
+    settings = dict(num_train=2, num_val=1, image_size=128)
+    cfg = Config(dict(demo_dataset=dict(root=str(tmp_path / 'new/'),
+                                        **settings)))
+    assert prepare_demo_dataset(cfg) is True
+    assert prepare_demo_dataset(cfg) is False
+    assert (tmp_path / 'new' / 'annotations' / 'instances_val.json').is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+    # an empty folder is filled
+    (tmp_path / 'empty').mkdir()
+    cfg.demo_dataset.root = str(tmp_path / 'empty')
+    assert prepare_demo_dataset(cfg) is True
+    # a folder with the user's files is left alone
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
+    cfg.demo_dataset.root = str(tmp_path / 'mine')
+    with pytest.raises(FileExistsError, match='demo_dataset.root'):
+        prepare_demo_dataset(cfg)
+    assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['notes.txt']
+    assert prepare_demo_dataset(Config(dict(model=None))) is False
 
 
 def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import os.path as osp
+import shutil
+import tempfile
 from typing import Dict, List
 
 import cv2
@@ -109,12 +111,37 @@ def demo_shapes_exist(root: str) -> bool:
 def prepare_demo_dataset(cfg) -> bool:
     """Generate the dataset a config names in its ``demo_dataset`` entry
     (keyword arguments of :func:`make_demo_shapes`) if it is not there yet.
-    Returns whether anything was generated."""
+    Returns whether anything was generated.
+
+    The files are written to a temporary folder that is then renamed, so
+    that several processes (one per GPU) may call this at once, and an
+    interrupted run leaves no half-written dataset behind. A folder that
+    exists without the dataset's annotations is the user's: it is refused,
+    never written into."""
     settings = cfg.get('demo_dataset')
     if not settings:
         return False
     settings = dict(settings)
-    if demo_shapes_exist(settings['root']):
+    root = osp.normpath(settings.pop('root'))
+    if demo_shapes_exist(root):
         return False
-    make_demo_shapes(**settings)
+    if osp.exists(root) and os.listdir(root):
+        raise FileExistsError(
+            f'demo_dataset.root={root!r} exists but holds no complete demo '
+            f'dataset (missing {", ".join(ANNOTATION_FILES)}); move it away '
+            'or set demo_dataset.root to an empty or new folder')
+    parent = osp.dirname(osp.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix='.demo_shapes-', dir=parent)
+    try:
+        make_demo_shapes(scratch, **settings)
+        if osp.isdir(root):  # empty folder
+            os.rmdir(root)
+        os.rename(scratch, root)
+    except OSError:
+        if not demo_shapes_exist(root):  # not another process's dataset
+            raise
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return True
