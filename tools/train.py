@@ -69,8 +69,13 @@ def build_train_config(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
+    from mmdyn.checkpoint import check_pretrained_files
     from mmdyn.datasets import prepare_demo_dataset
     cfg = build_train_config(args)
+    try:
+        check_pretrained_files(cfg)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     if prepare_demo_dataset(cfg):
         print(f'generated the demo dataset in {cfg.demo_dataset.root}')
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \

@@ -4,11 +4,15 @@ from .io import CheckpointError, extract_state_dict, load_checkpoint_file
 from .matching import (CheckpointMismatchError, LoadReport,
                        describe_checkpoint, load_backbone_checkpoint,
                        load_backbone_state_dict)
+from .official import (OFFICIAL_CHECKPOINTS, check_pretrained_files,
+                       missing_pretrained_message)
 from .recognise import recognise_backbone
 from .training import load_local_checkpoint  # noqa: F401  (registers it)
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'LoadReport',
     'load_checkpoint_file', 'extract_state_dict', 'load_backbone_checkpoint',
-    'load_backbone_state_dict', 'describe_checkpoint', 'recognise_backbone'
+    'load_backbone_state_dict', 'describe_checkpoint', 'recognise_backbone',
+    'OFFICIAL_CHECKPOINTS', 'check_pretrained_files',
+    'missing_pretrained_message'
 ]

@@ -1,5 +1,6 @@
 """Loading a state dict into a dynamic backbone, checking every key and
 shape, and inflating static conv weights into dynamic layers."""
+import os.path as osp
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 from ..layers import DynamicConv2d, set_temperature
 from .io import CheckpointError, extract_state_dict, load_checkpoint_file
 from .layouts import mobilenet_v2_to_mmdyn, split_classifier
+from .official import missing_pretrained_message
 
 #: shown per kind of problem in an error message
 _MAX_LISTED = 10
@@ -178,7 +180,15 @@ def load_backbone_checkpoint(backbone: nn.Module, filename: str,
                              prefix: Optional[str] = None,
                              map_location='cpu') -> LoadReport:
     """Read ``filename`` safely and load it with
-    :func:`load_backbone_state_dict`."""
+    :func:`load_backbone_state_dict`. A missing local file raises
+    ``FileNotFoundError`` saying where it comes from and how to start
+    without it."""
+    if '://' not in filename and not osp.isfile(filename):
+        raise FileNotFoundError(
+            missing_pretrained_message(
+                filename, type(backbone).__name__,
+                getattr(backbone, 'depth', None),
+                getattr(backbone, 'widen_factor', None)))
     state_dict = extract_state_dict(
         load_checkpoint_file(filename, map_location), filename)
     return load_backbone_state_dict(backbone, state_dict, filename, prefix)

@@ -1,0 +1,205 @@
+"""The 24 COCO configs (ODConv paper Table 4 rows x Faster/Mask R-CNN): they
+are MMDetection's 1x configs with only the backbone changed, they build, and
+their backbones feed the FPN. COCO is not needed: pipelines are built
+transform by transform."""
+import glob
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmdet.registry import MODELS, TRANSFORMS
+from mmengine.config import Config
+from mmengine.hub import get_config
+from mmengine.registry import init_default_scope
+
+import mmdyn  # noqa: F401
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+METHODS = {
+    'baseline': ['r50', 'mobilenetv2'],
+    'condconv': ['r50-condconv-8x', 'mobilenetv2-condconv-8x'],
+    'dyconv': ['r50-dyconv-4x', 'mobilenetv2-dyconv-4x'],
+    'dcd': ['r50-dcd', 'mobilenetv2-dcd'],
+    'odconv': ['r50-odconv-1x', 'r50-odconv-4x', 'mobilenetv2-odconv-1x',
+               'mobilenetv2-odconv-4x'],
+}
+CONFIGS = [
+    osp.join(method, f'{detector}_{backbone}_fpn_1x_coco.py')
+    for method, backbones in METHODS.items() for backbone in backbones
+    for detector in ('faster-rcnn', 'mask-rcnn')
+]
+FPN_IN = {'r50': [256, 512, 1024, 2048], 'mobilenetv2': [24, 32, 96, 1280]}
+BACKBONE_TYPES = {
+    'r50': 'ResNet', 'mobilenetv2': 'MobileNetV2',
+    'r50-condconv-8x': 'CondConvResNet',
+    'mobilenetv2-condconv-8x': 'CondConvMobileNetV2',
+    'r50-dyconv-4x': 'DyConvResNet',
+    'mobilenetv2-dyconv-4x': 'DyConvMobileNetV2',
+    'r50-dcd': 'DCDResNet', 'mobilenetv2-dcd': 'DCDMobileNetV2',
+    'r50-odconv-1x': 'ODResNet', 'r50-odconv-4x': 'ODResNet',
+    'mobilenetv2-odconv-1x': 'ODMobileNetV2',
+    'mobilenetv2-odconv-4x': 'ODMobileNetV2',
+}
+
+
+def load(name):
+    return Config.fromfile(osp.join(REPO, 'configs', name))
+
+
+def backbone_name(name):
+    return osp.basename(name).split('_')[1]
+
+
+def without_scope(value):
+    """A config tree without the ``_scope_`` keys MMEngine adds to what is
+    inherited through ``mmdet::``."""
+    if isinstance(value, dict):
+        return {k: without_scope(v) for k, v in value.items()
+                if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_scope(v) for v in value)
+    return value
+
+
+def mmdet_base(name):
+    detector = 'faster_rcnn/faster-rcnn' if name.startswith(
+        'faster') else 'mask_rcnn/mask-rcnn'
+    return get_config(f'mmdet::{detector}_r50_fpn_1x_coco.py')
+
+
+def test_there_are_exactly_the_24_table_4_configs():
+    found = sorted(
+        osp.relpath(p, osp.join(REPO, 'configs'))
+        for p in glob.glob(osp.join(REPO, 'configs', '*', '*_1x_coco.py')))
+    assert found == sorted(CONFIGS) and len(found) == 24
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_is_mmdet_1x_with_only_the_backbone_changed(name):
+    cfg = load(name)
+    base = mmdet_base(osp.basename(name))
+    assert cfg.custom_imports == dict(imports=['mmdyn'],
+                                      allow_failed_imports=False)
+    # everything but the backbone (and MobileNetV2's FPN inputs) is mmdet's
+    ours, theirs = without_scope(cfg.to_dict()), base.to_dict()
+    for d in (ours, theirs):
+        for key in ('custom_imports', 'backbone', 'neck_in_channels'):
+            d.pop(key, None)
+        d['model'].pop('backbone')
+        d['model']['neck'].pop('in_channels')
+    assert ours == theirs
+    # the 1x schedule on COCO 2017 (mmdet's, checked rather than assumed)
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.param_scheduler[1].milestones == [8, 11]
+    assert cfg.optim_wrapper.optimizer.lr == 0.02
+    assert cfg.train_dataloader.batch_size * 8 == 16
+    assert cfg.train_dataloader.dataset.ann_file.endswith(
+        'instances_train2017.json')
+    assert cfg.model.neck.type == 'FPN' and cfg.model.neck.out_channels == 256
+    # backbone: temperature fixed at 1, no annealing, the paper's setting
+    backbone = cfg.model.backbone
+    arch = backbone_name(name)
+    assert backbone.type == BACKBONE_TYPES[arch]
+    assert cfg.model.neck.in_channels == FPN_IN[arch.split('-')[0]]
+    assert backbone.get('temperature', 1.0) == 1.0
+    assert backbone.frozen_stages == 1 and backbone.norm_eval is True
+    assert not any(h.get('type') == 'TemperatureAnnealingHook'
+                   for h in cfg.get('custom_hooks', []))
+    assert backbone.init_cfg.type == 'Pretrained'
+    if arch not in ('r50', 'mobilenetv2'):
+        assert backbone.init_cfg.checkpoint.startswith(
+            f'checkpoints/{name.split("/")[0]}/')
+    if 'odconv' in arch:
+        assert backbone.kernel_num == int(arch[-2])
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_and_its_backbone_feeds_the_fpn(name):
+    init_default_scope('mmdet')
+    cfg = load(name)
+    for split in ('train', 'test'):
+        pipeline = cfg[f'{split}_dataloader'].dataset.pipeline
+        assert [TRANSFORMS.build(t) for t in pipeline]
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 3, 64, 96))
+        assert [f.shape[1] for f in feats] == cfg.model.neck.in_channels
+        assert [(f.shape[2], f.shape[3]) for f in feats] == [(16, 24),
+                                                              (8, 12),
+                                                              (4, 6), (2, 3)]
+        outs = model.neck(feats)
+    assert len(outs) == 5 and all(o.shape[1] == 256 for o in outs)
+    assert model.roi_head.with_mask == osp.basename(name).startswith('mask')
+
+
+def test_missing_pretrained_file_stops_training_at_once(tmp_path):
+    name = osp.join(REPO, 'configs', 'odconv',
+                    'faster-rcnn_r50-odconv-4x_fpn_1x_coco.py')
+    result = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'train.py'), name,
+         '--work-dir', str(tmp_path / 'work')],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    message = result.stderr
+    assert 'checkpoints/odconv/od_resnet50_4x.pth.tar' in message
+    assert str(tmp_path / 'checkpoints' / 'odconv') in message
+    assert 'drive.google.com' in message
+    assert 'model.backbone.init_cfg.checkpoint=torchvision://resnet50' in \
+        message
+    assert not (tmp_path / 'work').exists()  # nothing was started
+
+
+@pytest.mark.parametrize('name,static', [
+    ('dyconv/mask-rcnn_mobilenetv2-dyconv-4x_fpn_1x_coco.py',
+     'open-mmlab://mmdet/mobilenet_v2'),
+    ('dcd/faster-rcnn_r50-dcd_fpn_1x_coco.py', 'torchvision://resnet50'),
+])
+def test_missing_pretrained_file_message_from_init_weights(name, static,
+                                                           tmp_path,
+                                                           monkeypatch):
+    """Users of MMDetection's own tools/train.py get the same message when
+    the weights are initialised."""
+    init_default_scope('mmdet')
+    monkeypatch.chdir(tmp_path)
+    cfg = load(name)
+    backbone = MODELS.build(cfg.model.backbone)
+    with pytest.raises(FileNotFoundError) as error:
+        backbone.init_weights()
+    message = str(error.value)
+    assert cfg.model.backbone.init_cfg.checkpoint in message
+    assert f'init_cfg.checkpoint={static}' in message
+    assert 'init_cfg=None' in message
+    if 'dyconv' in name:
+        assert 'none was released' in message
+    else:
+        assert 'resnet50_dcd.pth.tar' in message and 'liyunsheng13/dcd' in \
+            message
+
+
+def test_check_pretrained_files_only_stops_on_missing_local_files(tmp_path):
+    from mmdyn.checkpoint import check_pretrained_files
+    present = tmp_path / 'weights.pth'
+    present.write_bytes(b'')
+
+    def cfg(checkpoint, **backbone):
+        return Config(dict(model=dict(backbone=dict(
+            type='ODMobileNetV2', init_cfg=[
+                dict(type='Kaiming', layer='Conv2d'),
+                dict(type='Pretrained', checkpoint=checkpoint)
+            ], **backbone))))
+
+    check_pretrained_files(cfg('torchvision://mobilenet_v2'))
+    check_pretrained_files(cfg(str(present)))
+    check_pretrained_files(Config(dict(model=dict(type='RetinaNet'))))
+    with pytest.raises(FileNotFoundError) as error:
+        check_pretrained_files(cfg(str(tmp_path / 'mine.pth'),
+                                   widen_factor=0.5))
+    message = str(error.value)
+    assert str(tmp_path / 'mine.pth') in message
+    # no static MobileNetV2 0.5x to fetch: say what to do without one
+    assert '://' not in message and 'set model.backbone.init_cfg' \
+        '.checkpoint to its path' in message
