@@ -1,0 +1,110 @@
+"""MAdd counting that includes the attention branches of dynamic convs, and
+the Table-4 complexity tool."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+from mmengine.analysis import FlopAnalyzer
+
+from mmdyn.analysis import count_flops
+from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO, 'tools', 'analysis_tools'))
+import complexity_table  # noqa: E402
+
+IN, OUT, H, W = 16, 32, 8, 8
+PIXELS = H * W
+
+
+def madds(layer, shape=(1, IN, H, W)):
+    return count_flops(layer.eval(), (torch.rand(*shape), )).total()
+
+
+def test_odconv_count_is_its_whole_computation():
+    """ODConv (Eq. 2), 3x3, 4 kernels, attention width 16, written out."""
+    k2, kernels, width = 9, 4, 16
+    expected = (
+        IN * PIXELS  # global average pool
+        + IN * width + 2 * width  # fc, BatchNorm (eval: scale and shift)
+        + width * (IN + OUT + k2 + kernels)  # the four heads
+        + IN * PIXELS  # input-channel attention scales x
+        + kernels * OUT * IN * k2  # kernel attention mixes the kernels
+        + OUT * IN * k2  # spatial attention scales the kernel
+        + OUT * IN * k2 * PIXELS  # the convolution
+        + OUT * PIXELS)  # filter attention scales the output
+    assert madds(ODConv2d(IN, OUT, 3, padding=1, kernel_num=kernels)) == \
+        expected
+
+
+def test_odconv_1x1_single_kernel_count():
+    width = 16
+    expected = (IN * PIXELS + IN * width + 2 * width + width * (IN + OUT) +
+                IN * PIXELS + OUT * IN * PIXELS + OUT * PIXELS)
+    assert madds(ODConv2d(IN, OUT, 1)) == expected
+
+
+def test_condconv_count_includes_routing_and_kernel_mixing():
+    kernels = 8
+    expected = (IN * PIXELS + IN * kernels  # pool, routing fc
+                + kernels * OUT * IN * 9  # mixing the experts
+                + OUT * IN * 9 * PIXELS)
+    assert madds(CondConv2d(IN, OUT, 3, padding=1, kernel_num=kernels)) == \
+        expected
+
+
+def test_dynamic_layers_cost_more_than_their_convolution():
+    """MMEngine's default handles miss the element-wise attention products;
+    mmdyn's count them, and they are what distinguishes ODConv 1x from a
+    static conv."""
+    static = OUT * IN * 9 * PIXELS
+    x = torch.rand(1, IN, H, W)
+    for layer in (ODConv2d(IN, OUT, 3, padding=1), DCDConv2d(
+            IN, OUT, 3, padding=1), DyConv2d(IN, OUT, 3, padding=1),
+                  CondConv2d(IN, OUT, 3, padding=1)):
+        ours = madds(layer)
+        default = FlopAnalyzer(layer.eval(), (x, ))
+        default.unsupported_ops_warnings(False)
+        assert ours > default.total() >= static, type(layer).__name__
+    # DCD: static conv, gate Λ(x) on its output, and the rank-L residual
+    dcd = count_flops(DCDConv2d(IN, OUT, 3, padding=1).eval(),
+                      (x, )).by_operator()
+    assert dcd['bmm'] > 0 and dcd['mul'] >= OUT * PIXELS
+
+
+def test_complexity_table_tool(tmp_path, capsys):
+    configs = [
+        osp.join(REPO, 'configs', 'odconv',
+                 'mask-rcnn_mobilenetv2-odconv-4x_fpn_1x_coco.py'),
+        osp.join(REPO, 'configs', 'baseline',
+                 'faster-rcnn_mobilenetv2_fpn_1x_coco.py'),
+    ]
+    out = tmp_path / 'table.json'
+    complexity_table.main([*configs, '--shape', '128', '96', '--out',
+                           str(out), '--markdown'])
+    printed = capsys.readouterr().out
+    assert '| odconv/mask-rcnn_mobilenetv2-odconv-4x_fpn_1x_coco.py | ' in \
+        printed
+    rows = json.loads(out.read_text())['rows']
+    od, base = rows
+    # backbone params are Table 4's, and ODConv 4x adds 8.0M of them
+    assert od['backbone_params_m'] == pytest.approx(10.24, abs=0.01)
+    assert base['backbone_params_m'] == pytest.approx(2.22, abs=0.01)
+    assert od['paper'] == dict(params_m=31.80, backbone_params_m=10.24,
+                               madds_g=176.10, backbone_madds_g=24.89)
+    assert od['backbone_madds_g'] > base['backbone_madds_g'] > 0
+    assert od['madds_g'] > od['backbone_madds_g']
+    # never overwrites
+    with pytest.raises(SystemExit, match='exists'):
+        complexity_table.main([configs[1], '--out', str(out)])
+    with pytest.raises(SystemExit, match='not found'):
+        complexity_table.main([str(tmp_path / 'nope.py')])
+
+
+def test_paper_rows_cover_the_24_configs():
+    configs = complexity_table.table_4_configs()
+    assert len(configs) == 24
+    assert all(complexity_table.paper_row(c) for c in configs)
+    assert complexity_table.paper_row('configs/demo/x_fpn_demo.py') is None
