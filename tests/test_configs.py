@@ -104,7 +104,10 @@ def test_config_is_mmdet_1x_with_only_the_backbone_changed(name):
     assert backbone.type == BACKBONE_TYPES[arch]
     assert cfg.model.neck.in_channels == FPN_IN[arch.split('-')[0]]
     assert backbone.get('temperature', 1.0) == 1.0
-    assert backbone.frozen_stages == 1 and backbone.norm_eval is True
+    # the authors' frozen layers: ResNet stem + layer1, MobileNetV2 features
+    # 0-3 (conv1, layer1, layer2)
+    assert backbone.frozen_stages == (1 if arch.startswith('r50') else 2)
+    assert backbone.norm_eval is True
     assert not any(h.get('type') == 'TemperatureAnnealingHook'
                    for h in cfg.get('custom_hooks', []))
     assert backbone.init_cfg.type == 'Pretrained'
