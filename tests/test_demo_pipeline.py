@@ -11,9 +11,10 @@ from mmengine.config import Config
 from mmdyn.datasets import make_demo_shapes, prepare_demo_dataset
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MASK = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_od-r18-4x_fpn_demo-shapes.py')
+MASK = osp.join(REPO, 'configs', 'demo',
+                'mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
 FASTER = osp.join(REPO, 'configs', 'demo',
-                  'faster-rcnn_od-r18-4x_fpn_demo-shapes.py')
+                  'faster-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
 
 # small and quick: 4 iterations, 128 px images, few detections per image
 QUICK = [

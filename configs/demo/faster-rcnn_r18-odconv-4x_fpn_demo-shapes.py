@@ -1,6 +1,6 @@
 # Faster R-CNN with an ODConv (4x) ResNet-18 on the demo-shapes dataset
 # (boxes only); see the Mask R-CNN demo config for the data.
-_base_ = './mask-rcnn_od-r18-4x_fpn_demo-shapes.py'
+_base_ = './mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py'
 
 model = dict(
     type='FasterRCNN',
