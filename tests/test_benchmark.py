@@ -1,0 +1,52 @@
+"""The benchmark script runs every mode end to end (tiny sizes, CPU); the
+numbers it reports come from the GPU machine, not from here."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO, 'tools', 'analysis_tools'))
+import benchmark  # noqa: E402
+
+QUICK = ['--reps', '1', '--warmup', '0', '--families', 'mobilenetv2']
+
+
+def run(tmp_path, *argv):
+    out = tmp_path / 'result.json'
+    benchmark.main([*argv, *QUICK, '--out', str(out)])
+    return json.loads(out.read_text())
+
+
+def test_layers(tmp_path, capsys):
+    result = run(tmp_path, 'layers', '--shape', '32', '32', '--batch', '1',
+                 '--methods', 'odconv-4x', 'dcd')
+    rows = result['rows']
+    # MobileNetV2's convs but the stem, each with its count
+    assert sum(r['count'] for r in rows) == 51
+    assert all(r['static']['fwd_ms'] > 0 and r['odconv-4x']['fwd_bwd_ms'] > 0
+               for r in rows)
+    assert set(result['totals']['mobilenetv2']) == {'static', 'odconv-4x',
+                                                    'dcd'}
+    assert '| odconv-4x |' in capsys.readouterr().out
+
+
+def test_backbones(tmp_path):
+    result = run(tmp_path, 'backbones', '--shape', '32', '32', '--batch',
+                 '2', '--methods', 'odconv-1x')
+    static, dynamic = result['rows']
+    assert static['ratio'] == 1.0 and dynamic['method'] == 'odconv-1x'
+    assert dynamic['images_per_s'] > 0
+    assert 'backbones --shape 32 32' in result['command']
+
+
+def test_detectors(tmp_path, capsys):
+    result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
+                 'odconv-4x')
+    assert [r['method'] for r in result['rows']] == ['static', 'odconv-4x']
+    assert all(r['all_losses_finite'] and r['train_ms'] > 0
+               for r in result['rows'])
+    assert 'faster-rcnn: training step' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='exists'):
+        benchmark.main(['backbones', '--out', str(tmp_path / 'result.json')])

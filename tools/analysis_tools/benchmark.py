@@ -1,0 +1,454 @@
+"""Speed and memory of dynamic convs against static ones, measured in one run.
+
+    python tools/analysis_tools/benchmark.py layers     [--out FILE.json]
+    python tools/analysis_tools/benchmark.py backbones  [--out FILE.json]
+    python tools/analysis_tools/benchmark.py detectors  [--precision fp32 fp16 bf16]
+
+``layers``: every conv shape of ResNet-50 and MobileNetV2 (1.0x) at detection
+resolution (batch 2, 800x1333 input), each dynamic layer against
+``nn.Conv2d`` of the same shape, forward and forward+backward; the totals
+weight each shape by how often the backbone has it.
+``backbones``: inference throughput at the papers' protocol (batch 200,
+224x224, fp32), every method, R50 and MobileNetV2.
+``detectors``: Faster R-CNN R50-FPN and MobileNetV2-FPN (the Table-4
+configs), a full training step (2 images of 800x1333: forward, backward,
+SGD step) and inference (1 image), time and peak memory, in each precision
+(autocast; training in fp16 uses a gradient scaler; bf16 covers backbone and
+neck only, as mmcv 2.1's RoIAlign has no bfloat16 kernel); a non-finite loss
+is reported.
+
+Times are medians of ``--reps`` runs after ``--warmup``, from CUDA events
+(``time.perf_counter`` on a CPU); every ratio is to the static model timed
+in the same run. Results print as Markdown tables and go to ``--out`` as
+JSON.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+METHODS = {  # name -> (ResNet type, MobileNetV2 type, extra arguments)
+    'static': ('mmdet.ResNet', 'mmdet.MobileNetV2', {}),
+    'condconv-8x': ('CondConvResNet', 'CondConvMobileNetV2', {}),
+    'dyconv-4x': ('DyConvResNet', 'DyConvMobileNetV2', {}),
+    'dcd': ('DCDResNet', 'DCDMobileNetV2', {}),
+    'odconv-1x': ('ODResNet', 'ODMobileNetV2', dict(kernel_num=1)),
+    'odconv-4x': ('ODResNet', 'ODMobileNetV2', dict(kernel_num=4)),
+}
+LAYERS = {  # name -> (layer type, extra arguments)
+    'condconv-8x': ('CondConv2d', dict(kernel_num=8)),
+    'dyconv-4x': ('DyConv2d', dict(kernel_num=4)),
+    'dcd': ('DCDConv2d', {}),
+    'odconv-1x': ('ODConv2d', dict(kernel_num=1)),
+    'odconv-4x': ('ODConv2d', dict(kernel_num=4)),
+}
+PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def measure_ms(fn, device, warmup: int, reps: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(fn, device) -> float:
+    if device.type != 'cuda':
+        return float('nan')
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def build_backbone(family: str, method: str, **kwargs) -> nn.Module:
+    from mmdet.registry import MODELS
+    resnet, mobilenet, extra = METHODS[method]
+    if family == 'r50':
+        cfg = dict(type=resnet, depth=50, **extra)
+    else:
+        cfg = dict(type=mobilenet, out_indices=(1, 2, 4, 7), **extra)
+    return initialised(MODELS.build(dict(cfg, **kwargs)))
+
+
+def initialised(model: nn.Module) -> nn.Module:
+    """``model`` after its own ``init_weights`` (zero-initialised residual
+    BatchNorms as in training: built alone, a deep network with BatchNorm in
+    eval mode and untrained statistics can overflow, DCD's quadratic
+    Φ(x)-path first)."""
+    model.init_weights()
+    return model
+
+
+# ---------------------------------------------------------------- layers
+
+
+def conv_shapes(family: str, batch: int, height: int, width: int, device):
+    """Counter of (in, out, k, stride, padding, groups, H, W) over the
+    static backbone's convs but the stem, at this input size."""
+    model = build_backbone(family, 'static').to(device)
+    model.eval()  # mmdet backbones' train() returns None
+    shapes = Counter()
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+    def record(module, inputs, output):
+        if module is not stem:
+            h, w = inputs[0].shape[-2:]
+            shapes[(module.in_channels, module.out_channels,
+                    module.kernel_size[0], module.stride[0],
+                    module.padding[0], module.groups, h, w)] += 1
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, height, width, device=device))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def bench_layers(args, device):
+    from mmcv.cnn import build_conv_layer
+    rows = []
+    for family in args.families:
+        shapes = conv_shapes(family, args.batch, *args.shape, device)
+        for shape, count in sorted(shapes.items()):
+            cin, cout, k, stride, padding, groups, h, w = shape
+            x = torch.randn(args.batch, cin, h, w, device=device,
+                            requires_grad=True)
+            geometry = dict(stride=stride, padding=padding, groups=groups,
+                            bias=False)
+            layers = {'static': nn.Conv2d(cin, cout, k, **geometry)}
+            for name in args.methods[1:]:
+                kind, extra = LAYERS[name]
+                layers[name] = build_conv_layer(
+                    dict(type=kind, **extra), cin, cout, k, **geometry)
+            row = dict(family=family, shape=list(shape), count=count)
+            for name, layer in layers.items():
+                layer.to(device).eval()  # norm_eval=True, as in detection
+
+                def forward():
+                    with torch.no_grad():
+                        layer(x)
+
+                def forward_backward():
+                    layer(x).sum().backward()
+
+                row[name] = dict(
+                    fwd_ms=measure_ms(forward, device, args.warmup,
+                                      args.reps),
+                    fwd_bwd_ms=measure_ms(forward_backward, device,
+                                          args.warmup, args.reps))
+            rows.append(row)
+            print(f'{family} {shape} x{count} done', file=sys.stderr)
+    return dict(rows=rows,
+                totals=layer_totals(rows, args.families, args.methods))
+
+
+def layer_totals(rows, families, methods):
+    totals = {}
+    for family in families:
+        mine = [r for r in rows if r['family'] == family]
+        for name in methods:
+            for what in ('fwd_ms', 'fwd_bwd_ms'):
+                totals.setdefault(family, {}).setdefault(name, {})[what] = \
+                    sum(r[name][what] * r['count'] for r in mine)
+    return totals
+
+
+def layer_tables(result) -> str:
+    lines = []
+    for family, methods in result['totals'].items():
+        static = methods['static']
+        lines += [
+            f'\n{family}: all convs but the stem, batch 2, ratio to '
+            'nn.Conv2d (weighted by count)', '',
+            '| layer | forward | forward+backward |', '|---|---|---|'
+        ]
+        for name, t in methods.items():
+            lines.append(f"| {name} | {t['fwd_ms'] / static['fwd_ms']:.2f}x "
+                         f"| {t['fwd_bwd_ms'] / static['fwd_bwd_ms']:.2f}x |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------- backbones
+
+
+def bench_backbones(args, device):
+    rows = []
+    for family in args.families:
+        x = torch.randn(args.batch, 3, *args.shape, device=device)
+        for method in args.methods:
+            model = build_backbone(family, method).to(device)
+            model.eval()
+
+            def infer():
+                with torch.no_grad():
+                    model(x)
+
+            ms = measure_ms(infer, device, args.warmup, args.reps)
+            rows.append(dict(family=family, method=method, ms=ms,
+                             images_per_s=args.batch / ms * 1e3))
+            del model
+            print(f'{family} {method} done', file=sys.stderr)
+    for row in rows:
+        static = next(r for r in rows if r['family'] == row['family']
+                      and r['method'] == 'static')
+        row['ratio'] = row['images_per_s'] / static['images_per_s']
+    return dict(rows=rows)
+
+
+def backbone_table(result, batch, shape) -> str:
+    lines = [f'\nbackbone inference, batch {batch}, {shape[0]}x{shape[1]}',
+             '', '| backbone | method | img/s | throughput vs static |',
+             '|---|---|---|---|']
+    for r in result['rows']:
+        lines.append(f"| {r['family']} | {r['method']} | "
+                     f"{r['images_per_s']:.0f} | {r['ratio']:.2f}x |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------- detectors
+
+
+def detector_inputs(detector, batch, height, width, device, with_mask):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(batch):
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(height, width), ori_shape=(height, width),
+            pad_shape=(height, width), batch_input_shape=(height, width),
+            scale_factor=(1.0, 1.0)))
+        size = torch.tensor([width, height], dtype=torch.float32)
+        top_left = torch.rand(8, 2, generator=generator) * (size - 16)
+        extent = 16 + torch.rand(8, 2, generator=generator) * (
+            size - 16 - top_left)
+        boxes = torch.cat([top_left, top_left + extent], 1)
+        gt = InstanceData(bboxes=boxes,
+                          labels=torch.randint(0, 80, (8, ),
+                                               generator=generator))
+        if with_mask:
+            masks = torch.zeros(8, height, width, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+                masks[i, y0:y1, x0:x1] = 1
+            gt.masks = BitmapMasks(masks.numpy(), height, width)
+        sample.gt_instances = gt
+        samples.append(sample.to(device))
+    images = [torch.randint(0, 256, (3, height, width), generator=generator,
+                            dtype=torch.uint8).to(device)
+              for _ in range(batch)]
+    return detector.data_preprocessor(
+        dict(inputs=images, data_samples=samples), True)
+
+
+def backbone_autocast(model, dtype):
+    """Run ``model.extract_feat`` (backbone and neck) under autocast and
+    return float32 features; returns a function that undoes it."""
+    original = model.extract_feat
+
+    def extract_feat(inputs):
+        with torch.autocast(inputs.device.type, dtype=dtype):
+            features = original(inputs)
+        return tuple(f.float() for f in features)
+
+    model.extract_feat = extract_feat
+    return lambda: delattr(model, 'extract_feat')
+
+
+def bench_detectors(args, device):
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    rows = []
+    for family in args.families:
+        for method in args.methods:
+            part = family if method == 'static' else f'{family}-{method}'
+            folder = 'baseline' if method == 'static' else method.split(
+                '-')[0]
+            config = osp.join(REPO, 'configs', folder,
+                              f'{args.detector}_{part}_fpn_1x_coco.py')
+            cfg = Config.fromfile(config)
+            cfg.model.backbone.init_cfg = None
+            torch.manual_seed(0)
+            model = initialised(MODELS.build(cfg.model)).to(device)
+            data = detector_inputs(model, 2, *args.shape, device,
+                                   args.detector == 'mask-rcnn')
+            single = detector_inputs(model, 1, *args.shape, device, False)
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4,
+                                        momentum=0.9)
+            for precision in args.precision:
+                dtype = PRECISIONS[precision]
+                scaler = torch.amp.GradScaler(
+                    device.type, enabled=dtype == torch.float16)
+                finite = []
+
+                def autocast():
+                    # mmcv 2.1's RoIAlign has no bfloat16 kernel: bf16 runs
+                    # the backbone (and neck) only, see backbone_autocast
+                    return torch.autocast(device.type, dtype=dtype) \
+                        if dtype == torch.float16 else nullcontext()
+
+                def train_step():
+                    model.train()
+                    with autocast():
+                        losses = model(**data, mode='loss')
+                    loss, _ = model.parse_losses(losses)
+                    optimizer.zero_grad()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    finite.append(bool(torch.isfinite(loss)))
+
+                def infer():
+                    model.eval()
+                    with torch.no_grad(), autocast():
+                        model(**single, mode='predict')
+
+                restore = backbone_autocast(model, dtype) \
+                    if dtype == torch.bfloat16 else (lambda: None)
+                row = dict(family=family, method=method, precision=precision,
+                           train_ms=measure_ms(train_step, device,
+                                               args.warmup, args.reps),
+                           train_mem_mb=peak_memory_mb(train_step, device),
+                           infer_ms=measure_ms(infer, device, args.warmup,
+                                               args.reps),
+                           infer_mem_mb=peak_memory_mb(infer, device))
+                restore()
+                row['all_losses_finite'] = all(finite)
+                rows.append(row)
+                print(f'{family} {method} {precision} done', file=sys.stderr)
+            del model, optimizer
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    for row in rows:
+        static = next(r for r in rows if r['family'] == row['family'] and
+                      r['method'] == 'static'
+                      and r['precision'] == row['precision'])
+        for key in ('train_ms', 'train_mem_mb', 'infer_ms', 'infer_mem_mb'):
+            row[key.replace('_ms', '_ratio').replace('_mb', '_ratio')] = \
+                row[key] / static[key]
+    return dict(rows=rows)
+
+
+def detector_table(result, detector) -> str:
+    lines = [
+        f'\n{detector}: training step (2 images) and inference (1 image), '
+        'ratio to the static backbone', '',
+        '| backbone | method | precision | train step | train peak memory '
+        '| inference | inference peak memory | losses finite |',
+        '|---|---|---|---|---|---|---|---|'
+    ]
+    for r in result['rows']:
+        lines.append(
+            f"| {r['family']} | {r['method']} | {r['precision']} | "
+            f"{r['train_ms']:.0f} ms ({r['train_ratio']:.2f}x) | "
+            f"{r['train_mem_ratio']:.2f}x | {r['infer_ms']:.0f} ms "
+            f"({r['infer_ratio']:.2f}x) | {r['infer_mem_ratio']:.2f}x | "
+            f"{'yes' if r['all_losses_finite'] else 'NO'} |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------ main
+
+
+DEFAULTS = {  # what -> (batch, (H, W))
+    'layers': (2, (800, 1333)),
+    'backbones': (200, (224, 224)),
+    'detectors': (2, (800, 1333)),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('what', choices=list(DEFAULTS))
+    parser.add_argument('--families', nargs='+', default=['r50', 'mobilenetv2'],
+                        choices=['r50', 'mobilenetv2'])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        choices=list(METHODS),
+                        help='static is always measured (the reference)')
+    parser.add_argument('--batch', type=int, help='default: the protocol\'s')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'))
+    parser.add_argument('--detector', default='faster-rcnn',
+                        choices=['faster-rcnn', 'mask-rcnn'])
+    parser.add_argument('--precision', nargs='+', default=['fp32'],
+                        choices=list(PRECISIONS))
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--reps', type=int, default=20)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu')
+    parser.add_argument('--out', help='write the results to this JSON file')
+    args = parser.parse_args(argv)
+    batch, shape = DEFAULTS[args.what]
+    args.batch = args.batch or batch
+    args.shape = tuple(args.shape or shape)
+    args.methods = ['static'] + [m for m in args.methods if m != 'static']
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.out and osp.exists(args.out):
+        raise SystemExit(f'{args.out} exists; give another --out or remove it')
+    import mmdyn  # noqa: F401
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    # init_weights logs every parameter at INFO
+    MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    if args.what == 'layers':
+        result = bench_layers(args, device)
+        table = layer_tables(result)
+    elif args.what == 'backbones':
+        result = bench_backbones(args, device)
+        table = backbone_table(result, args.batch, args.shape)
+    else:
+        result = bench_detectors(args, device)
+        table = detector_table(result, args.detector)
+    device_name = torch.cuda.get_device_name(device) \
+        if device.type == 'cuda' else 'cpu'
+    result.update(what=args.what, device=device_name, batch=args.batch,
+                  shape=list(args.shape), torch=torch.__version__,
+                  command=' '.join(['python', 'tools/analysis_tools/'
+                                    'benchmark.py'] + (argv or sys.argv[1:])))
+    print(f'# {device_name}, torch {torch.__version__}')
+    print(table)
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
