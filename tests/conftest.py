@@ -16,9 +16,10 @@ def _default_device():
     previous = torch.get_default_device()
     torch.set_default_device(DEVICE)
     # the comparisons check the formulation: no TF32 rounding on GPUs
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    backends = torch.backends
+    tf32 = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = tf32
     torch.set_default_device(previous)

@@ -67,8 +67,8 @@ def check_outputs_and_gradients(model, channels):
     model.train()
     outs = model(torch.randn(2, 3, 64, 96))
     assert [o.shape[1] for o in outs] == channels
-    assert [o.shape[-2:] for o in outs] == [(64 // s, 96 // s)
-                                           for s in (4, 8, 16, 32)]
+    assert [o.shape[-2:] for o in outs] == [
+        (64 // s, 96 // s) for s in (4, 8, 16, 32)]
     sum(o.mean() for o in outs).backward()
     unused = [n for n, p in model.named_parameters()
               if p.requires_grad and p.grad is None]

@@ -41,7 +41,8 @@ EXPECTED_PLACES = {
         'layer2.0.expand_conv.conv.attention.fc.weight',
         'features.2.conv.1.1.weight': 'layer2.0.depthwise_conv.bn.weight',
         'features.2.conv.2.weight': 'layer2.0.linear_conv.conv.weight',
-        'features.2.conv.3.running_mean': 'layer2.0.linear_conv.bn.running_mean',
+        'features.2.conv.3.running_mean':
+        'layer2.0.linear_conv.bn.running_mean',
         'features.13.conv.1.0.attention.spatial_fc.weight':
         'layer5.2.depthwise_conv.conv.attention.spatial_fc.weight',
         'features.17.conv.2.weight': 'layer7.0.linear_conv.conv.weight',
@@ -52,11 +53,13 @@ EXPECTED_PLACES = {
         'features.0.0.weight': 'conv1.conv.weight',
         'features.1.conv.3.weight': 'layer1.0.linear_conv.conv.weight',
         'features.1.conv.4.bias': 'layer1.0.linear_conv.bn.bias',
-        'features.2.conv.0.conv_q.weight': 'layer2.0.expand_conv.conv.q.weight',
+        'features.2.conv.0.conv_q.weight':
+        'layer2.0.expand_conv.conv.q.weight',
         'features.2.conv.0.fc.1.fc.0.weight':
         'layer2.0.expand_conv.conv.fc.1.fc.0.weight',
         'features.2.conv.3.weight': 'layer2.0.depthwise_conv.conv.weight',
-        'features.2.conv.6.conv_p.weight': 'layer2.0.linear_conv.conv.p.weight',
+        'features.2.conv.6.conv_p.weight':
+        'layer2.0.linear_conv.conv.p.weight',
         'features.2.conv.7.running_var': 'layer2.0.linear_conv.bn.running_var',
         'conv.0.weight': 'conv2.conv.weight',
         'conv.1.bias': 'conv2.bn.bias',

@@ -131,9 +131,8 @@ def test_config_builds_and_its_backbone_feeds_the_fpn(name):
     with torch.no_grad():
         feats = model.backbone(torch.rand(1, 3, 64, 96))
         assert [f.shape[1] for f in feats] == cfg.model.neck.in_channels
-        assert [(f.shape[2], f.shape[3]) for f in feats] == [(16, 24),
-                                                              (8, 12),
-                                                              (4, 6), (2, 3)]
+        assert [tuple(f.shape[2:]) for f in feats] == [(16, 24), (8, 12),
+                                                       (4, 6), (2, 3)]
         outs = model.neck(feats)
     assert len(outs) == 5 and all(o.shape[1] == 256 for o in outs)
     assert model.roi_head.with_mask == osp.basename(name).startswith('mask')

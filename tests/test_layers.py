@@ -106,7 +106,8 @@ def test_fast_path_matches_reference_float64(layer_name, geometry, batch,
     compare(layer, reference, x, atol=1e-8)
 
 
-@pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2', 'depthwise-stride2'])
+@pytest.mark.parametrize('geometry',
+                         ['1x1', '3x3-stride2', 'depthwise-stride2'])
 @pytest.mark.parametrize('layer_name', LAYERS)
 def test_fast_path_matches_reference_float32(layer_name, geometry):
     layer, reference = make_layer(layer_name, geometry, dtype=torch.float32)

@@ -35,8 +35,8 @@ class _Data(Dataset):
 
 def _runner(work_dir, max_epochs, resume=False):
     return Runner(
-        model=_Model(), work_dir=str(work_dir), experiment_name=
-        f'exp{max_epochs}{resume}',
+        model=_Model(), work_dir=str(work_dir),
+        experiment_name=f'exp{max_epochs}{resume}',
         train_dataloader=dict(dataset=_Data(), batch_size=2,
                               sampler=dict(type='DefaultSampler',
                                            shuffle=True),

@@ -8,9 +8,7 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
@@ -33,15 +31,9 @@ def main(argv=None):
     args = parse_args(argv)
     import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
     from mmdyn.datasets import prepare_demo_dataset
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    from mmdyn.engine import build_runner, load_tool_config
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint
@@ -53,9 +45,7 @@ def main(argv=None):
         cfg.test_evaluator.append(dict(type='DumpDetResults',
                                        out_file_path=args.out))
     prepare_demo_dataset(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
-        else RUNNERS.build(cfg)
-    runner.test()
+    build_runner(cfg).test()
 
 
 if __name__ == '__main__':

@@ -6,11 +6,8 @@
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 
 def parse_args(argv=None):
@@ -36,15 +33,9 @@ def parse_args(argv=None):
 
 
 def build_train_config(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    from mmdyn.engine import load_tool_config
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('AMP is already on in the config')
@@ -78,9 +69,8 @@ def main(argv=None):
         raise SystemExit(str(error)) from None
     if prepare_demo_dataset(cfg):
         print(f'generated the demo dataset in {cfg.demo_dataset.root}')
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
-        else RUNNERS.build(cfg)
-    runner.train()
+    from mmdyn.engine import build_runner
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

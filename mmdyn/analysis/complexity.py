@@ -23,7 +23,6 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 
-
 def _tensor_product_flops(inputs, outputs) -> int:
     """One multiply-add per element of an element-wise product's output;
     nothing for products of traced Python numbers (shape arithmetic)."""

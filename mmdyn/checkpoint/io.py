@@ -1,6 +1,5 @@
 """Reading checkpoint files safely and finding their state dict."""
 import os.path as osp
-import pickle
 import re
 from collections import OrderedDict
 from typing import Dict
@@ -96,4 +95,3 @@ def extract_state_dict(checkpoint, filename: str = 'checkpoint'
     return OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v)
         for k, v in checkpoint.items())
-

@@ -137,7 +137,8 @@ def load_backbone_state_dict(backbone: nn.Module,
             continue
         used.add(key)
         if state_dict[key].shape != target.shape:
-            mismatched.append(f'{key}: checkpoint {tuple(state_dict[key].shape)}'
+            mismatched.append(f'{key}: checkpoint '
+                              f'{tuple(state_dict[key].shape)}'
                               f' vs backbone {tuple(target.shape)}')
             continue
         values[key] = state_dict[key]

@@ -1,3 +1,4 @@
 from .temperature_annealing_hook import TemperatureAnnealingHook
+from .tool_config import build_runner, load_tool_config
 
-__all__ = ['TemperatureAnnealingHook']
+__all__ = ['TemperatureAnnealingHook', 'build_runner', 'load_tool_config']

@@ -1,4 +1,5 @@
-"""What every dynamic convolution in mmdyn shares: geometry, checks and temperature."""
+"""What every dynamic convolution in mmdyn shares: geometry, checks and
+temperature."""
 import math
 from typing import Tuple, Union
 
@@ -21,7 +22,8 @@ def _check_positive_pair(layer: str, name: str, value: IntOrPair,
 
 
 def check_temperature(layer: str, temperature: float) -> float:
-    """Return ``temperature`` as a float, or raise if it is not finite and > 0."""
+    """Return ``temperature`` as a float, or raise if it is not finite and
+    > 0."""
     try:
         value = float(temperature)
     except (TypeError, ValueError):

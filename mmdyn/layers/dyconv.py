@@ -58,4 +58,3 @@ class DyConv2d(KernelBankConv2d):
 
     def kernel_attention(self, x: Tensor) -> Tensor:
         return self.attention(x, self.temperature)
-

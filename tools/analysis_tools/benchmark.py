@@ -2,7 +2,7 @@
 
     python tools/analysis_tools/benchmark.py layers     [--out FILE.json]
     python tools/analysis_tools/benchmark.py backbones  [--out FILE.json]
-    python tools/analysis_tools/benchmark.py detectors  [--precision fp32 fp16 bf16]
+    python tools/analysis_tools/benchmark.py detectors  [--precision fp16 ...]
 
 ``layers``: every conv shape of ResNet-50 and MobileNetV2 (1.0x) at detection
 resolution (batch 2, 800x1333 input), each dynamic layer against
@@ -216,7 +216,6 @@ def bench_backbones(args, device):
             ms = measure_ms(infer, device, args.warmup, args.reps)
             rows.append(dict(family=family, method=method, ms=ms,
                              images_per_s=args.batch / ms * 1e3))
-            del model
             print(f'{family} {method} done', file=sys.stderr)
     for row in rows:
         static = next(r for r in rows if r['family'] == row['family']
@@ -346,7 +345,6 @@ def bench_detectors(args, device):
                 row['all_losses_finite'] = all(finite)
                 rows.append(row)
                 print(f'{family} {method} {precision} done', file=sys.stderr)
-            del model, optimizer
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     for row in rows:
@@ -390,7 +388,8 @@ DEFAULTS = {  # what -> (batch, (H, W))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('what', choices=list(DEFAULTS))
-    parser.add_argument('--families', nargs='+', default=['r50', 'mobilenetv2'],
+    parser.add_argument('--families', nargs='+',
+                        default=['r50', 'mobilenetv2'],
                         choices=['r50', 'mobilenetv2'])
     parser.add_argument('--methods', nargs='+', default=list(METHODS),
                         choices=list(METHODS),

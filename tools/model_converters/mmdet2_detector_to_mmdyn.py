@@ -5,7 +5,8 @@ an mmdyn config, so that tools/test.py evaluates it.
     python tools/model_converters/mmdet2_detector_to_mmdyn.py \
         mask_rcnn_odconv4x_r50_fpn_1x_coco.pth \
         checkpoints/mask-rcnn_r50-odconv-4x_fpn_1x_coco.pth
-    python tools/test.py configs/odconv/mask-rcnn_r50-odconv-4x_fpn_1x_coco.py \
+    python tools/test.py \
+        configs/odconv/mask-rcnn_r50-odconv-4x_fpn_1x_coco.py \
         checkpoints/mask-rcnn_r50-odconv-4x_fpn_1x_coco.pth
 
 The config is recognised from the checkpoint (backbone method, kernel

@@ -5,4 +5,5 @@ backbone = dict(
     type='DyConvMobileNetV2',
     kernel_num=4,
     temperature=1.0,
-    init_cfg=dict(checkpoint='checkpoints/dyconv/dyconv_mobilenetv2_100_4x.pth'))
+    init_cfg=dict(
+        checkpoint='checkpoints/dyconv/dyconv_mobilenetv2_100_4x.pth'))

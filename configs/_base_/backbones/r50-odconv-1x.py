@@ -8,4 +8,5 @@ backbone = dict(
     kernel_num=1,
     temperature=1.0,
     init_cfg=dict(
-        type='Pretrained', checkpoint='checkpoints/odconv/od_resnet50_1x.pth.tar'))
+        type='Pretrained',
+        checkpoint='checkpoints/odconv/od_resnet50_1x.pth.tar'))

@@ -1,0 +1,32 @@
+"""What tools/train.py and tools/test.py do alike, as MMDetection's tools:
+read the config with the command line's overrides, build the runner."""
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+def load_tool_config(path: str, cfg_options: Optional[dict] = None,
+                     work_dir: Optional[str] = None,
+                     launcher: str = 'none') -> Config:
+    """The config at ``path`` with ``--cfg-options`` merged, the launcher
+    set, and ``work_dir`` from the command line, the config, or
+    ``./work_dirs/<config name>``, in that order."""
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
+def build_runner(cfg: Config) -> Runner:
+    """MMEngine's Runner, or the config's own ``runner_type``."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg \
+        else RUNNERS.build(cfg)
