@@ -1,10 +1,10 @@
 """What every dynamic convolution in mmdyn shares: geometry, checks and
 temperature."""
 import math
-from typing import Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 IntOrPair = Union[int, Tuple[int, int]]
@@ -159,6 +159,11 @@ class DynamicConv2d(nn.Module):
             value = torch.zeros(self.out_channels) if bias is None else bias
             self.bias.copy_(value if kernel_num is None else
                             value.expand_as(self.bias))
+
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """The attentions this layer computes for input ``x``, by name,
+        each with the batch first (for analysis; forward does not use it)."""
+        raise NotImplementedError
 
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""

@@ -1,7 +1,7 @@
 """DCD (Li et al., ICLR 2021): dynamic convolution decomposition,
 ``W(x) = Lambda(x) W0 + P Phi(x) Q^T``."""
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +163,10 @@ class DCDConv2d(DynamicConv2d):
         return DCDDynamics(
             scale=scale,
             phi=phi.view(-1, self.latent_dim, self.latent_dim))
+
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """``scale``: Lambda(x), (B, out); ``phi``: Phi(x), (B, L, L)."""
+        return self.dynamics(x)._asdict()
 
     def load_static_weight(self, weight: Tensor,
                            bias: Optional[Tensor] = None) -> None:

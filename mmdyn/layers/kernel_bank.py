@@ -1,6 +1,8 @@
 """A bank of K static kernels mixed per sample by an attention: Eq. 1 of the
 ODConv paper, ``y = (a_1 W_1 + ... + a_K W_K) * x``, as in CondConv and
 DyConv."""
+from typing import Dict
+
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +63,9 @@ class KernelBankConv2d(DynamicConv2d):
     def kernel_attention(self, x: Tensor) -> Tensor:
         """(B, K) weights of the kernels for input ``x``."""
         raise NotImplementedError
+
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        return {'kernel': self.kernel_attention(x)}
 
     def prepare_static_start(self) -> float:
         """Put the attention in its start state for

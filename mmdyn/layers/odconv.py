@@ -1,6 +1,6 @@
 """ODConv (Li, Zhou and Yao, ICLR 2022): omni-dimensional dynamic
 convolution."""
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,13 @@ class ODConv2d(DynamicConv2d):
             self.weight.copy_((weight * 2.0**num_sigmoids).expand_as(
                 self.weight))
         self._load_static_bias(bias)
+
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """``spatial`` (B, kh*kw), ``channel`` (B, in), ``filter`` (B, out)
+        and ``kernel`` (B, K): those of the four the layer has."""
+        maps = self.attention(x, self.temperature)._asdict()
+        return {name: value for name, value in maps.items()
+                if value is not None}
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.attention(x, self.temperature)
