@@ -30,6 +30,11 @@ GEOMETRIES = {
 LAYERS = {
     'odconv-1x': (ODConv2d, odconv_reference, dict(kernel_num=1)),
     'odconv-4x': (ODConv2d, odconv_reference, dict(kernel_num=4)),
+    # both places for the channel and filter attentions (same result)
+    'odconv-1x-folded': (ODConv2d, odconv_reference,
+                         dict(kernel_num=1, fold_attentions=True)),
+    'odconv-4x-scaled': (ODConv2d, odconv_reference,
+                         dict(kernel_num=4, fold_attentions=False)),
     'dcd': (DCDConv2d, dcd_reference, dict()),
     'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
     'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
@@ -44,9 +49,13 @@ def make_layer(layer_name, geometry, bias=False, temperature=1.0,
     in_ch, out_ch, kernel, stride, padding, dilation, groups = \
         GEOMETRIES[geometry]
     torch.manual_seed(seed)
+    extra = dict(extra)
+    fold = extra.pop('fold_attentions', None)
     layer = cls(in_ch, out_ch, kernel, stride=stride, padding=padding,
                 dilation=dilation, groups=groups, bias=bias,
                 temperature=temperature, **extra)
+    if fold is not None:
+        layer.fold_attentions = fold
     randomize(layer)
     return layer.to(dtype), reference
 

@@ -60,9 +60,7 @@ class ODConvAttention(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def _head(self, name: str, features: Tensor) -> Optional[Tensor]:
-        head = getattr(self, name, None)
-        return None if head is None else head(features).flatten(1)
+    _HEADS = ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc')
 
     def forward(self, x: Tensor, temperature: float) -> ODAttentions:
         if (self.bn.training and x.shape[0] == 1
@@ -74,19 +72,26 @@ class ODConvAttention(nn.Module):
                 'image). Keep it in eval mode (norm_eval=True in the '
                 'backbone, or call .eval()), train with more than one image '
                 "per GPU, or use norm_cfg=dict(type='SyncBN') across GPUs.")
-        features = global_avg_pool(x)[:, :, None, None]
-        features = F.relu(self.bn(self.fc(features)))
-        channel = (self._head('channel_fc', features) / temperature).sigmoid()
-        filter_, spatial, kernel = (self._head(name, features) for name in (
-            'filter_fc', 'spatial_fc', 'kernel_fc'))
-        return ODAttentions(
-            channel=channel,
-            filter=None if filter_ is None else
-            (filter_ / temperature).sigmoid(),
-            spatial=None if spatial is None else
-            (spatial / temperature).sigmoid(),
-            kernel=None if kernel is None else
-            (kernel / temperature).softmax(dim=1))
+        pooled = global_avg_pool(x)
+        hidden = F.linear(pooled, self.fc.weight.flatten(1))
+        hidden = F.relu(self.bn(hidden[:, :, None, None])).flatten(1)
+        # the heads are 1x1 convs on one vector per sample: one matrix
+        # product for all of them, then their activations
+        heads = [getattr(self, name, None) for name in self._HEADS]
+        present = [head for head in heads if head is not None]
+        logits = F.linear(hidden, torch.cat([h.weight.flatten(1)
+                                             for h in present]),
+                          torch.cat([h.bias for h in present]))
+        if temperature != 1.0:
+            logits = logits / temperature
+        sizes = [0 if head is None else head.out_channels for head in heads]
+        num_sigmoid = sum(sizes[:3])
+        gates = logits[:, :num_sigmoid].sigmoid().split(sizes[:3], dim=1)
+        channel, filter_, spatial = (gate if size else None
+                                     for gate, size in zip(gates, sizes))
+        kernel = logits[:, num_sigmoid:].softmax(dim=1) if sizes[3] else None
+        return ODAttentions(channel=channel, filter=filter_, spatial=spatial,
+                            kernel=kernel)
 
 
 @MODELS.register_module()
@@ -115,6 +120,12 @@ class ODConv2d(DynamicConv2d):
             has no bias; ``bias=True`` adds a static one after the filter
             attention.
     """
+
+    #: Where the channel and filter attentions are applied when the layer
+    #: builds per-sample kernels anyway: on those kernels (True), on the
+    #: input and output (False), or whichever touches fewer numbers (None).
+    #: The result is the same; only the speed differs.
+    fold_attentions: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -174,23 +185,65 @@ class ODConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.attention(x, self.temperature)
-        x = x * attention.channel[:, :, None, None]
         if attention.kernel is None and attention.spatial is None:
-            out = F.conv2d(x, self.weight[0], None, groups=self.groups,
-                           **self.conv_kwargs())
+            return self._scaled_static_conv(x, attention)
+        if attention.kernel is None:
+            weight = self.weight
         else:
-            if attention.kernel is None:
-                weight = self.weight
-            else:
-                weight = aggregate_kernels(attention.kernel, self.weight)
-            if attention.spatial is not None:
-                weight = weight * attention.spatial.view(
-                    -1, 1, 1, *self.kernel_size)
-            weight = weight.expand(x.shape[0], *weight.shape[1:])
-            out = per_sample_conv2d(x, weight, None, self.stride,
-                                    self.padding, self.dilation, self.groups)
+            weight = aggregate_kernels(attention.kernel, self.weight)
+        if attention.spatial is not None:
+            weight = weight * attention.spatial.view(-1, 1, 1,
+                                                     *self.kernel_size)
+        batch = x.shape[0]
+        weight = weight.expand(batch, *weight.shape[1:])
+        fold = self.fold_attentions
+        if fold is None:
+            fold = self._folding_is_cheaper(x)
+        if fold:
+            return self._folded_conv(x, weight, attention)
+        out = per_sample_conv2d(x * attention.channel[:, :, None, None],
+                                weight, None, self.stride, self.padding,
+                                self.dilation, self.groups)
+        return self._filter_and_bias(out, attention)
+
+    def _scaled_static_conv(self, x: Tensor, attention) -> Tensor:
+        """A 1x1 layer with one kernel: a static conv between the channel
+        and the filter scalings."""
+        out = F.conv2d(x * attention.channel[:, :, None, None],
+                       self.weight[0], None, groups=self.groups,
+                       **self.conv_kwargs())
+        return self._filter_and_bias(out, attention)
+
+    def _filter_and_bias(self, out: Tensor, attention) -> Tensor:
         if attention.filter is not None:
             out = out * attention.filter[:, :, None, None]
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
+
+    def _folding_is_cheaper(self, x: Tensor) -> bool:
+        """Whether scaling the per-sample kernels by the channel and filter
+        attentions touches fewer numbers than scaling the input and the
+        output, which it equals."""
+        height, width = x.shape[-2:]
+        out_h, out_w = self.output_size(height, width)
+        kernel = self.weight[0].numel()
+        return kernel <= self.in_channels * height * width + \
+            self.out_channels * out_h * out_w
+
+    def _folded_conv(self, x: Tensor, weight: Tensor, attention) -> Tensor:
+        """Per-sample kernels scaled by a_f (rows) and a_c (columns): for a
+        grouped conv, kernel row o sees the input channels of its group."""
+        batch, groups = x.shape[0], self.groups
+        in_per_group = self.in_channels // groups
+        channel = attention.channel.view(batch, groups, 1, in_per_group)
+        channel = channel.expand(batch, groups,
+                                 self.out_channels // groups, in_per_group)
+        scale = channel.reshape(batch, self.out_channels, in_per_group)
+        if attention.filter is not None:
+            scale = scale * attention.filter[:, :, None]
+        weight = weight * scale[..., None, None]
+        bias = None if self.bias is None else self.bias.expand(
+            batch, self.out_channels)
+        return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
+                                 self.dilation, groups)
