@@ -5,7 +5,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import IntOrPair
-from .functional import global_avg_pool
+from .functional import global_avg_pool, soften
 from .kernel_bank import KernelBankConv2d
 
 
@@ -18,7 +18,7 @@ class CondConvRouting(nn.Module):
         self.fc = nn.Linear(in_channels, kernel_num)
 
     def forward(self, x: Tensor, temperature: float) -> Tensor:
-        return (self.fc(global_avg_pool(x)) / temperature).sigmoid()
+        return soften(self.fc(global_avg_pool(x)), temperature).sigmoid()
 
 
 @MODELS.register_module()

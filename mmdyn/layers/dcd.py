@@ -10,7 +10,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import DynamicConv2d, IntOrPair
-from .functional import global_avg_pool, hard_sigmoid_gate
+from .functional import global_avg_pool, hard_sigmoid_gate, soften
 
 
 class DCDDynamics(NamedTuple):
@@ -158,8 +158,9 @@ class DCDConv2d(DynamicConv2d):
         else:
             pooled = F.adaptive_avg_pool2d(x, self.pool_size).flatten(1)
         hidden = self.fc(pooled)
-        phi = self.fc_phi(hidden) / self.temperature
-        scale = hard_sigmoid_gate(self.fc_scale(hidden) / self.temperature)
+        phi = soften(self.fc_phi(hidden), self.temperature)
+        scale = hard_sigmoid_gate(soften(self.fc_scale(hidden),
+                                         self.temperature))
         return DCDDynamics(
             scale=scale,
             phi=phi.view(-1, self.latent_dim, self.latent_dim))

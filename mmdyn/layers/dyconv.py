@@ -3,7 +3,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import IntOrPair, attention_width
-from .functional import global_avg_pool
+from .functional import global_avg_pool, soften
 from .kernel_bank import KernelBankConv2d
 
 
@@ -19,7 +19,7 @@ class DyConvAttention(nn.Module):
 
     def forward(self, x: Tensor, temperature: float) -> Tensor:
         hidden = self.fc1(global_avg_pool(x)).relu()
-        return (self.fc2(hidden) / temperature).softmax(dim=1)
+        return soften(self.fc2(hidden), temperature).softmax(dim=1)
 
 
 @MODELS.register_module()

@@ -15,6 +15,12 @@ def global_avg_pool(x: Tensor) -> Tensor:
     return x.mean(dim=(2, 3))
 
 
+def soften(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature``, without an operation at temperature 1 (the
+    detection setting)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def hard_sigmoid_gate(x: Tensor) -> Tensor:
     """DCD's gate ``relu6(x + 3) / 3``: 1 at x = 0, range [0, 2]. It is
     twice ``torch.nn.Hardsigmoid``, as in the authors' released code."""

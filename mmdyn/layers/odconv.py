@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair, attention_width
-from .functional import aggregate_kernels, global_avg_pool, per_sample_conv2d
+from .functional import (aggregate_kernels, global_avg_pool, per_sample_conv2d,
+                         soften)
 from .kernel_bank import check_kernel_num, make_kernel_bank
 
 
@@ -82,8 +83,7 @@ class ODConvAttention(nn.Module):
         logits = F.linear(hidden, torch.cat([h.weight.flatten(1)
                                              for h in present]),
                           torch.cat([h.bias for h in present]))
-        if temperature != 1.0:
-            logits = logits / temperature
+        logits = soften(logits, temperature)
         sizes = [0 if head is None else head.out_channels for head in heads]
         num_sigmoid = sum(sizes[:3])
         gates = logits[:, :num_sigmoid].sigmoid().split(sizes[:3], dim=1)
