@@ -97,3 +97,4 @@ default_hooks = dict(
     logger=dict(interval=25))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(base_batch_size=4)
+randomness = dict(seed=0)  # the same run on every machine of a kind
