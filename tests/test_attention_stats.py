@@ -110,10 +110,11 @@ def test_recorder_needs_a_dynamic_model():
         AttentionRecorder(torch.nn.Conv2d(3, 3, 3))
 
 
-def test_tool_on_a_demo_checkpoint(tmp_path, capsys):
+def test_tool_on_a_demo_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo dataset goes to ./data/
     options = [
-        f'demo_dataset.root={tmp_path}/data/', 'demo_dataset.num_train=2',
-        'demo_dataset.num_val=3', 'model.test_cfg.rcnn.max_per_img=10'
+        'demo_dataset.num_train=2', 'demo_dataset.num_val=3',
+        'model.test_cfg.rcnn.max_per_img=10'
     ]
     cfg = Config.fromfile(DEMO)
     init_default_scope('mmdet')
