@@ -75,6 +75,12 @@ def test_prepare_demo_dataset_generates_once_and_keeps_user_folders(
         prepare_demo_dataset(cfg)
     assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['notes.txt']
     assert prepare_demo_dataset(Config(dict(model=None))) is False
+    # a root the dataloaders do not read from is refused before writing
+    cfg = Config(dict(demo_dataset=dict(root=str(tmp_path / 'elsewhere')),
+                      val_dataloader=dict(dataset=dict(data_root='data/x/'))))
+    with pytest.raises(ValueError, match='val_dataloader.dataset.data_root'):
+        prepare_demo_dataset(cfg)
+    assert not (tmp_path / 'elsewhere').exists()
 
 
 def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):

@@ -123,6 +123,15 @@ def prepare_demo_dataset(cfg) -> bool:
         return False
     settings = dict(settings)
     root = osp.normpath(settings.pop('root'))
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader') or {}
+        data_root = (loader.get('dataset') or {}).get('data_root')
+        if data_root is not None and osp.normpath(data_root) != root:
+            raise ValueError(
+                f'demo_dataset.root={root!r} but {split}_dataloader.dataset'
+                f'.data_root={data_root!r}: the dataset would be generated '
+                'where it is not read. Change data_root in the config, which '
+                'sets both (and the evaluators\' ann_file).')
     if demo_shapes_exist(root):
         return False
     if osp.exists(root) and os.listdir(root):
