@@ -5,10 +5,11 @@ imported.
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import DictAction
+import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
+from mmdyn.datasets import prepare_demo_dataset
+from mmdyn.engine import build_runner, load_tool_config, parse_runner_args
 
 
 def parse_args(argv=None):
@@ -17,21 +18,11 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where to save the metrics')
     parser.add_argument('--out', help='dump predictions to this .pkl file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
-    from mmdyn.datasets import prepare_demo_dataset
-    from mmdyn.engine import build_runner, load_tool_config
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
                            args.launcher)
     if not osp.isfile(args.checkpoint):

@@ -5,9 +5,13 @@
         [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
-import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
+
+import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
+from mmdyn.checkpoint import check_pretrained_files
+from mmdyn.datasets import prepare_demo_dataset
+from mmdyn.engine import build_runner, load_tool_config, parse_runner_args
 
 
 def parse_args(argv=None):
@@ -22,18 +26,10 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from CHECKPOINT, or from the latest checkpoint in the '
         'work dir when no path is given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(parser, argv)
 
 
 def build_train_config(args) -> Config:
-    from mmdyn.engine import load_tool_config
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
                            args.launcher)
     if args.amp:
@@ -59,9 +55,6 @@ def build_train_config(args) -> Config:
 
 def main(argv=None):
     args = parse_args(argv)
-    import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
-    from mmdyn.checkpoint import check_pretrained_files
-    from mmdyn.datasets import prepare_demo_dataset
     cfg = build_train_config(args)
     try:
         check_pretrained_files(cfg)
@@ -69,7 +62,6 @@ def main(argv=None):
         raise SystemExit(str(error)) from None
     if prepare_demo_dataset(cfg):
         print(f'generated the demo dataset in {cfg.demo_dataset.root}')
-    from mmdyn.engine import build_runner
     build_runner(cfg).train()
 
 

@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 from torch import Tensor, nn
 
 from .io import CheckpointError
-from .matching import (CheckpointMismatchError, LoadReport, _listing,
+from .matching import (CheckpointMismatchError, LoadReport, key_problems,
                        load_backbone_state_dict)
 from .recognise import recognise_backbone
 
@@ -84,12 +84,7 @@ def load_mmdet2_detector_state_dict(detector: nn.Module,
         lines = [f'{source} does not fit {type(detector).__name__} outside '
                  'its backbone (is it the same detector and number of '
                  'classes as the config?).']
-        for what, keys in (('shape mismatches', mismatched),
-                           ('model keys missing from the checkpoint', missing),
-                           ('checkpoint keys the model has no place for',
-                            unexpected)):
-            if keys:
-                lines.append(f'{len(keys)} {what}: {_listing(keys)}')
+        lines += key_problems('model', mismatched, missing, unexpected)
         raise CheckpointMismatchError('\n'.join(lines))
     detector.load_state_dict(rest, strict=False)
     report.loaded += len(rest)

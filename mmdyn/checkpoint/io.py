@@ -1,4 +1,5 @@
 """Reading checkpoint files safely and finding their state dict."""
+import os
 import os.path as osp
 import re
 from collections import OrderedDict
@@ -95,3 +96,12 @@ def extract_state_dict(checkpoint, filename: str = 'checkpoint'
     return OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v)
         for k, v in checkpoint.items())
+
+
+def save_checkpoint(checkpoint: dict, filename: str) -> None:
+    """``torch.save`` to a temporary file renamed into place, so that an
+    interrupted run never leaves a half-written ``filename``."""
+    os.makedirs(osp.dirname(osp.abspath(filename)), exist_ok=True)
+    tmp = filename + '.tmp'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, filename)

@@ -1,6 +1,5 @@
 """Loading a state dict into a dynamic backbone, checking every key and
 shape, and inflating static conv weights into dynamic layers."""
-import os.path as osp
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 from ..layers import DynamicConv2d, set_temperature
 from .io import CheckpointError, extract_state_dict, load_checkpoint_file
 from .layouts import mobilenet_v2_to_mmdyn, split_classifier
-from .official import missing_pretrained_message
+from .official import is_missing_local_file, missing_pretrained_message
 
 #: shown per kind of problem in an error message
 _MAX_LISTED = 10
@@ -157,19 +156,26 @@ def load_backbone_state_dict(backbone: nn.Module,
     return report
 
 
+def key_problems(owner: str, mismatched: List[str], missing: List[str],
+                 unexpected: List[str]) -> List[str]:
+    """One line per kind of problem between a checkpoint and the
+    ``owner`` ('backbone', 'model') it is loaded into, naming the first keys
+    of each."""
+    lines = []
+    for what, keys in (
+            ('shape mismatches', mismatched),
+            (f'{owner} keys missing from the checkpoint', missing),
+            (f'checkpoint keys the {owner} has no place for', unexpected)):
+        if keys:
+            lines.append(f'{len(keys)} {what}: {_listing(keys)}')
+    return lines
+
+
 def _mismatch_message(backbone, source, state_dict, missing, unexpected,
                       mismatched) -> str:
     lines = [f'{source} does not fit {type(backbone).__name__}: it looks '
              f'like {describe_checkpoint(state_dict)}.']
-    if mismatched:
-        lines.append(f'{len(mismatched)} shape mismatches: '
-                     f'{_listing(mismatched)}')
-    if missing:
-        lines.append(f'{len(missing)} backbone keys missing from the '
-                     f'checkpoint: {_listing(missing)}')
-    if unexpected:
-        lines.append(f'{len(unexpected)} checkpoint keys the backbone has '
-                     f'no place for: {_listing(unexpected)}')
+    lines += key_problems('backbone', mismatched, missing, unexpected)
     lines.append('Check the method, depth / widen_factor and kernel_num of '
                  'the backbone config against the checkpoint; a static '
                  'ImageNet checkpoint of the same architecture also loads '
@@ -184,7 +190,7 @@ def load_backbone_checkpoint(backbone: nn.Module, filename: str,
     :func:`load_backbone_state_dict`. A missing local file raises
     ``FileNotFoundError`` saying where it comes from and how to start
     without it."""
-    if '://' not in filename and not osp.isfile(filename):
+    if is_missing_local_file(filename):
         raise FileNotFoundError(
             missing_pretrained_message(
                 filename, type(backbone).__name__,

@@ -52,6 +52,12 @@ _METHODS = {'OD': 'ODConv', 'DCD': 'DCD', 'DyConv': 'DyConv',
             'CondConv': 'CondConv'}
 
 
+def is_missing_local_file(filename: str) -> bool:
+    """A local path (not ``scheme://``, which MMEngine fetches) that does
+    not exist."""
+    return '://' not in filename and not osp.isfile(filename)
+
+
 def static_checkpoint_for(backbone_type: str, depth: Optional[int] = None,
                           widen_factor: Optional[float] = None
                           ) -> Optional[str]:
@@ -119,7 +125,7 @@ def check_pretrained_files(cfg) -> None:
     for init_cfg in init_cfgs:
         filename = init_cfg.get('checkpoint')
         if (init_cfg.get('type') == 'Pretrained' and filename
-                and '://' not in filename and not osp.isfile(filename)):
+                and is_missing_local_file(filename)):
             raise FileNotFoundError(
                 missing_pretrained_message(
                     filename, backbone.get('type', 'backbone'),

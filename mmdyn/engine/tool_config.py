@@ -1,11 +1,28 @@
 """What tools/train.py and tools/test.py do alike, as MMDetection's tools:
 read the config with the command line's overrides, build the runner."""
+import argparse
+import os
 import os.path as osp
-from typing import Optional
+from typing import List, Optional
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+
+def parse_runner_args(parser: argparse.ArgumentParser,
+                      argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Add the options every runner tool shares (``--cfg-options``,
+    ``--launcher``, ``--local-rank``), parse, and export ``LOCAL_RANK`` for
+    launchers that pass it as an option."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def load_tool_config(path: str, cfg_options: Optional[dict] = None,

@@ -16,11 +16,8 @@ key must fit the config's detector exactly. The file is read with
 weights-only loading and never overwritten without ``--force``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
-
-import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -48,7 +45,7 @@ def main(argv=None):
     from mmengine.registry import init_default_scope
 
     from mmdyn.checkpoint import (CheckpointError, extract_state_dict,
-                                  load_checkpoint_file)
+                                  load_checkpoint_file, save_checkpoint)
     from mmdyn.checkpoint.detector import (load_mmdet2_detector_state_dict,
                                            table_4_config_for)
     try:
@@ -78,10 +75,8 @@ def main(argv=None):
     classes = (checkpoint.get('meta') or {}).get('CLASSES')
     if classes:
         meta['dataset_meta'] = {'classes': tuple(classes)}
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    tmp = args.dst + '.tmp'
-    torch.save({'state_dict': detector.state_dict(), 'meta': meta}, tmp)
-    os.replace(tmp, args.dst)
+    save_checkpoint({'state_dict': detector.state_dict(), 'meta': meta},
+                    args.dst)
     print(f'wrote {args.dst}; evaluate it with:\n'
           f'    python tools/test.py {osp.relpath(config)} {args.dst}')
 

@@ -11,11 +11,8 @@ holds the backbone's state dict, loadable with
 """
 import argparse
 import ast
-import os
 import os.path as osp
 import sys
-
-import torch
 
 
 def parse_args(argv=None):
@@ -54,7 +51,8 @@ def main(argv=None):
 
     from mmdyn.checkpoint import (CheckpointError, extract_state_dict,
                                   load_backbone_state_dict,
-                                  load_checkpoint_file, recognise_backbone)
+                                  load_checkpoint_file, recognise_backbone,
+                                  save_checkpoint)
     try:
         state_dict = extract_state_dict(load_checkpoint_file(args.src),
                                         args.src)
@@ -70,12 +68,9 @@ def main(argv=None):
         print(f'inflated from static kernels: {len(report.inflated)} layers')
     for key in report.dropped:
         print(f'  dropped: {key}')
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    tmp = args.dst + '.tmp'
-    torch.save({'state_dict': backbone.state_dict(),
-                'meta': {'mmdyn_backbone': repr(cfg),
-                         'source': osp.basename(args.src)}}, tmp)
-    os.replace(tmp, args.dst)
+    save_checkpoint({'state_dict': backbone.state_dict(),
+                     'meta': {'mmdyn_backbone': repr(cfg),
+                              'source': osp.basename(args.src)}}, args.dst)
     print(f'wrote {args.dst} ({len(backbone.state_dict())} tensors)')
 
 
