@@ -23,7 +23,7 @@ setup(
     packages=find_packages(include=['mmdyn', 'mmdyn.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=1.13',
+        'torch>=2.6',
         'numpy',
         'mmengine>=0.10.0,<0.11.0',
         # mmcv must come with its compiled ops (mmcv.ops); there is no wheel

@@ -1,16 +1,13 @@
 """MMEngine's own training checkpoints load weights-only (resume, load_from,
-tools/test.py), and nothing beyond their types is accepted."""
-import os
-
-import pytest
+tools/test.py); tests/test_safe_loading.py checks that nothing beyond their
+types is accepted."""
 import torch
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import Dataset
 
 import mmdyn  # noqa: F401  (installs the weights-only loader)
-from mmdyn.checkpoint import CheckpointError
 from mmdyn.checkpoint.io import safe_torch_load
 
 
@@ -64,18 +61,3 @@ def test_training_checkpoint_loads_weights_only_and_resumes(tmp_path):
     runner = _runner(tmp_path, 3, resume=True)
     runner.train()
     assert runner.epoch == 3
-
-
-class _RunsCode:
-
-    def __reduce__(self):
-        return (os.system, ('touch pwned_by_checkpoint',))
-
-
-def test_mmengine_loader_refuses_code(tmp_path, monkeypatch):
-    path = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'meta': _RunsCode()}, path)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match='refuses'):
-        CheckpointLoader.load_checkpoint(str(path), 'cpu')
-    assert not (tmp_path / 'pwned_by_checkpoint').exists()

@@ -3,6 +3,7 @@ imported.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--trust-checkpoint FILE]
 """
 import argparse
 import os.path as osp

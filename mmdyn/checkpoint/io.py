@@ -2,8 +2,9 @@
 import os
 import os.path as osp
 import re
+import warnings
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, Iterable, Optional, Set
 
 import numpy as np
 import torch
@@ -30,6 +31,39 @@ TRAINING_CHECKPOINT_GLOBALS = [
 ]
 
 
+#: Environment variable listing checkpoint files (``os.pathsep``-separated
+#: paths) that may be unpickled in full if weights-only loading refuses
+#: them; ``--trust-checkpoint FILE`` of mmdyn's tools sets it.
+TRUSTED_CHECKPOINTS_ENV = 'MMDYN_TRUSTED_CHECKPOINTS'
+
+
+def trust_checkpoints(filenames: Iterable[str]) -> None:
+    """Allow these local files to be unpickled in full (running whatever
+    code they hold) when weights-only loading refuses them. Recorded in
+    :data:`TRUSTED_CHECKPOINTS_ENV`, so that processes started from this one
+    (data loader workers, ``torchrun`` ranks) trust them too."""
+    trusted = _trusted_checkpoints()
+    for filename in filenames:
+        if '://' in filename:
+            raise ValueError(
+                f'only local files can be trusted, not {filename}: download '
+                f'it, check where it comes from, and trust the local copy')
+        trusted.add(osp.realpath(osp.expanduser(filename)))
+    os.environ[TRUSTED_CHECKPOINTS_ENV] = os.pathsep.join(sorted(trusted))
+
+
+def _trusted_checkpoints() -> Set[str]:
+    listed = os.environ.get(TRUSTED_CHECKPOINTS_ENV, '')
+    return {osp.realpath(osp.expanduser(path))
+            for path in listed.split(os.pathsep) if path}
+
+
+def is_trusted_checkpoint(filename: str) -> bool:
+    """Whether ``filename`` was trusted with :func:`trust_checkpoints` (or
+    listed in :data:`TRUSTED_CHECKPOINTS_ENV`)."""
+    return osp.realpath(osp.expanduser(filename)) in _trusted_checkpoints()
+
+
 def safe_torch_load(filename, map_location='cpu'):
     """``torch.load(weights_only=True)`` that also accepts MMEngine's
     training checkpoints (:data:`TRAINING_CHECKPOINT_GLOBALS`) and nothing
@@ -39,12 +73,42 @@ def safe_torch_load(filename, map_location='cpu'):
                           weights_only=True)
 
 
+def refused_type(error: BaseException) -> Optional[str]:
+    """The type that weights-only unpickling refused, if that is what
+    ``error`` says."""
+    refused = re.search(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)',
+                        str(error))
+    return refused.group(1) if refused else None
+
+
+def refusal_message(filename: str, type_name: str) -> str:
+    """What to tell the user when ``filename`` holds ``type_name``."""
+    if '://' in filename:
+        how = (f'If you trust its source, download it, and load the local '
+               f'copy with --trust-checkpoint FILE (mmdyn\'s tools) or '
+               f'{TRUSTED_CHECKPOINTS_ENV}=FILE.')
+    else:
+        how = (f'If you trust the file (you made it, or know who did), pass '
+               f'--trust-checkpoint {filename} to mmdyn\'s tools, or set '
+               f'{TRUSTED_CHECKPOINTS_ENV}={filename} in the environment, '
+               f'or call mmdyn.checkpoint.trust_checkpoints([...]); README: '
+               f'"Checkpoints you trust".')
+    return (f'{filename} holds a Python object of type {type_name}, which '
+            f'weights-only loading refuses because unpickling it could run '
+            f'code. Weights (the authors\' releases, torchvision, '
+            f'MMDetection, MMEngine training checkpoints) do not need it. '
+            f'{how}')
+
+
 def load_checkpoint_file(filename: str, map_location='cpu'):
     """Load a checkpoint without running code hidden in it.
 
-    Local files go through ``torch.load(weights_only=True)``; ``scheme://``
-    names (``torchvision://``, ``open-mmlab://``, ...) through MMEngine's
-    loaders.
+    Local files go through ``torch.load(weights_only=True)`` (extended with
+    :data:`TRAINING_CHECKPOINT_GLOBALS` only); a file that needs anything
+    else is refused with a :class:`CheckpointError` naming the type, unless
+    it was trusted (:func:`trust_checkpoints`), when it is unpickled in
+    full. ``scheme://`` names (``torchvision://``, ``open-mmlab://``, ...)
+    go through MMEngine's loaders, which mmdyn makes weights-only too.
     """
     if '://' in filename:
         from mmengine.runner import CheckpointLoader
@@ -54,16 +118,16 @@ def load_checkpoint_file(filename: str, map_location='cpu'):
     try:
         return safe_torch_load(filename, map_location)
     except Exception as error:  # unpickling, zip, EOF, format errors
-        refused = re.search(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)',
-                            str(error))
-        if refused:
-            raise CheckpointError(
-                f'{filename} holds a Python object of type '
-                f'{refused.group(1)}, which weights-only loading refuses '
-                f'because unpickling it could run code. Weights (the '
-                f"authors' releases, torchvision, MMDetection) do not need "
-                f'it. If you trust the file, re-save its state dict with '
-                f'torch.load(..., weights_only=False) yourself.') from None
+        type_name = refused_type(error)
+        if type_name and is_trusted_checkpoint(filename):
+            warnings.warn(
+                f'{filename} holds a {type_name}: unpickling it in full, '
+                f'because it is trusted ({TRUSTED_CHECKPOINTS_ENV})')
+            return torch.load(filename, map_location=map_location,
+                              weights_only=False)
+        if type_name:
+            raise CheckpointError(refusal_message(filename,
+                                                  type_name)) from None
         first_line = str(error).strip().splitlines()[0][:200] if str(
             error).strip() else ''
         raise CheckpointError(

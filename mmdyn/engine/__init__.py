@@ -1,7 +1,8 @@
 from .temperature_annealing_hook import TemperatureAnnealingHook
-from .tool_config import build_runner, load_tool_config, parse_runner_args
+from .tool_config import (add_trust_argument, build_runner, load_tool_config,
+                          parse_runner_args)
 
 __all__ = [
-    'TemperatureAnnealingHook', 'build_runner', 'load_tool_config',
-    'parse_runner_args'
+    'TemperatureAnnealingHook', 'add_trust_argument', 'build_runner',
+    'load_tool_config', 'parse_runner_args'
 ]

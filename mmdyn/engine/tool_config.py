@@ -9,17 +9,42 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdyn.checkpoint.io import TRUSTED_CHECKPOINTS_ENV, trust_checkpoints
+
+
+class _TrustCheckpoint(argparse.Action):
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            trust_checkpoints([value])
+        except ValueError as error:
+            parser.error(f'{option_string}: {error}')
+        getattr(namespace, self.dest).append(value)
+
+
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint FILE`` (repeatable): FILE may be unpickled in
+    full if weights-only loading refuses it (see
+    :func:`mmdyn.checkpoint.trust_checkpoints`)."""
+    parser.add_argument(
+        '--trust-checkpoint', action=_TrustCheckpoint, default=[],
+        metavar='FILE',
+        help='a local checkpoint you trust: if weights-only loading refuses '
+        'it, unpickle it in full, which runs any code it holds (repeatable; '
+        f'also {TRUSTED_CHECKPOINTS_ENV})')
+
 
 def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Add the options every runner tool shares (``--cfg-options``,
-    ``--launcher``, ``--local-rank``), parse, and export ``LOCAL_RANK`` for
-    launchers that pass it as an option."""
+    ``--launcher``, ``--local-rank``, ``--trust-checkpoint``), parse, and
+    export ``LOCAL_RANK`` for launchers that pass it as an option."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_trust_argument(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args

@@ -3,6 +3,7 @@ validation images: statistics per layer and figures.
 
     python tools/analysis_tools/attention_stats.py CONFIG CHECKPOINT \
         [--num-images N] [--out DIR] [--cfg-options KEY=VALUE ...] [--force]
+        [--trust-checkpoint FILE]
 
 Runs the detector over the first N images of the config's test set
 (the demo dataset is generated if the config names one), records every
@@ -28,6 +29,8 @@ import sys
 import torch
 from mmengine.config import DictAction
 
+from mmdyn.engine import add_trust_argument
+
 CSV_FIELDS = ('layer', 'type', 'attention', 'count', 'mean', 'std', 'min',
               'q05', 'q25', 'q50', 'q75', 'q95', 'max')
 OUTPUTS = ('attention_stats.json', 'attention_stats.csv', 'spatial.png',
@@ -45,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     parser.add_argument('--force', action='store_true',
                         help='overwrite earlier outputs in --out')
+    add_trust_argument(parser)
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error(f'--num-images must be >= 1, got {args.num_images}')

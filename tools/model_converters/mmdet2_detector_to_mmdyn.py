@@ -19,6 +19,8 @@ import argparse
 import os.path as osp
 import sys
 
+from mmdyn.engine import add_trust_argument
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -32,6 +34,7 @@ def parse_args(argv=None):
         'Table-4 config recognised from the checkpoint')
     parser.add_argument('--force', action='store_true',
                         help='overwrite dst if it exists')
+    add_trust_argument(parser)
     return parser.parse_args(argv)
 
 

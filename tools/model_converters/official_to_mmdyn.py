@@ -14,6 +14,8 @@ import ast
 import os.path as osp
 import sys
 
+from mmdyn.engine import add_trust_argument
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -25,6 +27,7 @@ def parse_args(argv=None):
         "depth=50, kernel_num=4)\"; default: recognised from the keys")
     parser.add_argument('--force', action='store_true',
                         help='overwrite dst if it exists')
+    add_trust_argument(parser)
     return parser.parse_args(argv)
 
 
