@@ -5,7 +5,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import IntOrPair
-from .functional import global_avg_pool, soften
+from .functional import attention_branch, global_avg_pool, soften
 from .kernel_bank import KernelBankConv2d
 
 
@@ -17,8 +17,10 @@ class CondConvRouting(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_channels, kernel_num)
 
+    @attention_branch
     def forward(self, x: Tensor, temperature: float) -> Tensor:
-        return soften(self.fc(global_avg_pool(x)), temperature).sigmoid()
+        pooled = global_avg_pool(x, self.fc.weight.dtype)
+        return soften(self.fc(pooled), temperature).sigmoid()
 
 
 @MODELS.register_module()

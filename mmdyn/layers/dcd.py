@@ -10,7 +10,8 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import DynamicConv2d, IntOrPair
-from .functional import global_avg_pool, hard_sigmoid_gate, soften
+from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
+                         soften)
 
 
 class DCDDynamics(NamedTuple):
@@ -151,12 +152,15 @@ class DCDConv2d(DynamicConv2d):
             pads += [p - d * centre, p - d * (k - 1 - centre)]
         return tuple(pads)
 
+    @attention_branch
     def dynamics(self, x: Tensor) -> DCDDynamics:
         """Lambda(x) and Phi(x) of a batch."""
+        dtype = self.fc_phi.weight.dtype
         if self.pool_size == 1:
-            pooled = global_avg_pool(x)
+            pooled = global_avg_pool(x, dtype)
         else:
             pooled = F.adaptive_avg_pool2d(x, self.pool_size).flatten(1)
+            pooled = pooled.to(dtype)
         hidden = self.fc(pooled)
         phi = soften(self.fc_phi(hidden), self.temperature)
         scale = hard_sigmoid_gate(soften(self.fc_scale(hidden),

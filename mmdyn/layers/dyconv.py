@@ -3,7 +3,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import IntOrPair, attention_width
-from .functional import global_avg_pool, soften
+from .functional import attention_branch, global_avg_pool, soften
 from .kernel_bank import KernelBankConv2d
 
 
@@ -17,8 +17,9 @@ class DyConvAttention(nn.Module):
         self.fc1 = nn.Linear(in_channels, hidden_channels)
         self.fc2 = nn.Linear(hidden_channels, kernel_num)
 
+    @attention_branch
     def forward(self, x: Tensor, temperature: float) -> Tensor:
-        hidden = self.fc1(global_avg_pool(x)).relu()
+        hidden = self.fc1(global_avg_pool(x, self.fc1.weight.dtype)).relu()
         return soften(self.fc2(hidden), temperature).softmax(dim=1)
 
 

@@ -1,18 +1,48 @@
 """Batched building blocks of the dynamic convolutions (no Python loop over
 the batch anywhere)."""
-from typing import Optional, Tuple
+import functools
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def global_avg_pool(x: Tensor) -> Tensor:
-    """Mean over H and W as (B, C). Half-precision inputs are accumulated in
-    float32, so large activations cannot overflow the sum."""
+def global_avg_pool(x: Tensor,
+                    dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Mean over H and W as (B, C), in ``dtype`` (default: x's).
+    Half-precision inputs are accumulated in float32, so large activations
+    cannot overflow the sum."""
+    dtype = x.dtype if dtype is None else dtype
     if x.dtype in (torch.float16, torch.bfloat16):
-        return x.mean(dim=(2, 3), dtype=torch.float32).to(x.dtype)
-    return x.mean(dim=(2, 3))
+        return x.mean(dim=(2, 3), dtype=torch.float32).to(dtype)
+    return x.mean(dim=(2, 3)).to(dtype)
+
+
+def attention_branch(branch: Callable) -> Callable:
+    """Decorate ``branch(self, x, ...)``, the forward of an attention
+    branch, to run outside autocast.
+
+    Under mixed precision the branch then computes in its parameters'
+    precision (float32) on the float32-accumulated pooled input: in float16
+    its sums over channels of large activations overflow, and softmax or
+    sigmoid of inf is NaN. The branch is tiny (one vector per sample), so
+    this costs nothing; its attentions are returned in ``x``'s dtype.
+    """
+
+    @functools.wraps(branch)
+    def run(self, x: Tensor, *args):
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return branch(self, x, *args)
+        with torch.autocast(device, enabled=False):
+            attentions = branch(self, x, *args)
+        if isinstance(attentions, Tensor):
+            return attentions.to(x.dtype)
+        return type(attentions)(*(None if a is None else a.to(x.dtype)
+                                  for a in attentions))
+
+    return run
 
 
 def soften(logits: Tensor, temperature: float) -> Tensor:

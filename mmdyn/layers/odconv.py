@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair, attention_width
-from .functional import (aggregate_kernels, global_avg_pool, per_sample_conv2d,
-                         soften)
+from .functional import (aggregate_kernels, attention_branch, global_avg_pool,
+                         per_sample_conv2d, soften)
 from .kernel_bank import check_kernel_num, make_kernel_bank
 
 
@@ -63,6 +63,7 @@ class ODConvAttention(nn.Module):
 
     _HEADS = ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc')
 
+    @attention_branch
     def forward(self, x: Tensor, temperature: float) -> ODAttentions:
         if (self.bn.training and x.shape[0] == 1
                 and isinstance(self.bn, _BatchNorm)
@@ -73,7 +74,7 @@ class ODConvAttention(nn.Module):
                 'image). Keep it in eval mode (norm_eval=True in the '
                 'backbone, or call .eval()), train with more than one image '
                 "per GPU, or use norm_cfg=dict(type='SyncBN') across GPUs.")
-        pooled = global_avg_pool(x)
+        pooled = global_avg_pool(x, self.fc.weight.dtype)
         hidden = F.linear(pooled, self.fc.weight.flatten(1))
         hidden = F.relu(self.bn(hidden[:, :, None, None])).flatten(1)
         # the heads are 1x1 convs on one vector per sample: one matrix

@@ -1,0 +1,92 @@
+"""The layers and geometries the layer tests run over, and the comparison of
+a layer with its plain reference formulation (tests/reference.py)."""
+import torch
+
+from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
+from reference import (condconv_reference, dcd_reference, dyconv_reference,
+                       odconv_reference)
+
+# (in, out, kernel, stride, padding, dilation, groups)
+GEOMETRIES = {
+    '1x1': (8, 12, 1, 1, 0, 1, 1),
+    '1x1-stride2': (8, 12, 1, 2, 0, 1, 1),
+    '1x1-padded': (8, 12, 1, 1, 1, 1, 1),
+    '3x3': (8, 12, 3, 1, 1, 1, 1),
+    '3x3-stride2': (8, 12, 3, 2, 1, 1, 1),
+    '3x3-dilated': (8, 12, 3, 1, 2, 2, 1),
+    '3x3-grouped': (8, 12, 3, 1, 1, 1, 4),
+    'depthwise-stride2': (8, 8, 3, 2, 1, 1, 8),
+    '5x5-unpadded': (8, 12, 5, 1, 0, 1, 1),
+    '2x2-even': (8, 12, 2, 1, 0, 1, 1),
+    '1x3': (8, 12, (1, 3), 1, (0, 1), 1, 1),
+}
+
+# name -> (class, reference, extra constructor kwargs per variant)
+LAYERS = {
+    'odconv-1x': (ODConv2d, odconv_reference, dict(kernel_num=1)),
+    'odconv-4x': (ODConv2d, odconv_reference, dict(kernel_num=4)),
+    # both places for the channel and filter attentions (same result)
+    'odconv-1x-folded': (ODConv2d, odconv_reference,
+                         dict(kernel_num=1, fold_attentions=True)),
+    'odconv-4x-scaled': (ODConv2d, odconv_reference,
+                         dict(kernel_num=4, fold_attentions=False)),
+    'dcd': (DCDConv2d, dcd_reference, dict()),
+    'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
+    'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
+    'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),
+    'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3)),
+}
+
+
+def make_layer(layer_name, geometry, bias=False, temperature=1.0,
+               dtype=torch.float64, seed=0):
+    cls, reference, extra = LAYERS[layer_name]
+    in_ch, out_ch, kernel, stride, padding, dilation, groups = \
+        GEOMETRIES[geometry]
+    torch.manual_seed(seed)
+    extra = dict(extra)
+    fold = extra.pop('fold_attentions', None)
+    layer = cls(in_ch, out_ch, kernel, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, bias=bias,
+                temperature=temperature, **extra)
+    if fold is not None:
+        layer.fold_attentions = fold
+    randomize(layer)
+    return layer.to(dtype), reference
+
+
+def randomize(layer):
+    """Random parameters and BatchNorm statistics, so that every attention
+    is far from constant and a dropped or doubled one shows."""
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            param.normal_(0, 0.5 if param.dim() > 1 else 1.0)
+        for module in layer.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+
+
+def compare(layer, reference, x, atol):
+    """Forward and backward of the layer and of its reference; returns the
+    largest absolute difference over output and all gradients."""
+    grad_out = None
+    results = []
+    for forward in (layer, lambda t: reference(layer, t)):
+        layer.zero_grad()
+        inp = x.detach().clone().requires_grad_(True)
+        out = forward(inp)
+        if grad_out is None:
+            grad_out = torch.randn_like(out)
+        (out * grad_out).sum().backward()
+        grads = [inp.grad] + [p.grad for p in layer.parameters()]
+        results.append((out.detach(), [g.clone() for g in grads]))
+    (out_fast, grads_fast), (out_ref, grads_ref) = results
+    assert out_fast.shape == out_ref.shape
+    errors = [(out_fast - out_ref).abs().max().item()]
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        assert g_fast is not None and g_ref is not None
+        errors.append((g_fast - g_ref).abs().max().item())
+    scale = max(out_ref.abs().max().item(), 1.0)
+    assert max(errors) < atol * scale, errors
+    return max(errors)
