@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mmengine.config import Config
 
+from mmdyn.checkpoint.io import safe_torch_load
 from mmdyn.datasets import make_demo_shapes, prepare_demo_dataset
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -84,16 +86,24 @@ def test_prepare_demo_dataset_generates_once_and_keeps_user_folders(
 
 
 def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):
+    """Four iterations straight through, and the same run resumed at
+    iteration 2 in another work dir, end with identical weights."""
     work = str(tmp_path / 'work')
     out = run_tool('train.py', MASK, '--work-dir', work, '--cfg-options',
                    *QUICK, cwd=tmp_path)
     assert 'generated the demo dataset' in out
     assert 'loss_mask' in out and osp.isfile(osp.join(work, 'iter_4.pth'))
-    # resume from iteration 2 and finish again at 4
-    out = run_tool('train.py', MASK, '--work-dir', work, '--resume',
+    resumed = str(tmp_path / 'resumed')
+    out = run_tool('train.py', MASK, '--work-dir', resumed, '--resume',
                    osp.join(work, 'iter_2.pth'), '--cfg-options', *QUICK,
                    cwd=tmp_path)
     assert 'resumed' in out.lower() and 'Iter(train) [3/4]' in out
+    straight, again = (safe_torch_load(osp.join(folder, 'iter_4.pth'))
+                       for folder in (work, resumed))
+    assert straight['state_dict'].keys() == again['state_dict'].keys()
+    differ = [key for key, value in straight['state_dict'].items()
+              if not torch.equal(value, again['state_dict'][key])]
+    assert not differ
     out = run_tool('test.py', MASK, osp.join(work, 'iter_4.pth'),
                    '--work-dir', work, '--cfg-options', *QUICK, cwd=tmp_path)
     assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out

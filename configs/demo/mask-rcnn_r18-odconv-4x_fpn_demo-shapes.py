@@ -98,3 +98,6 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(base_batch_size=4)
 randomness = dict(seed=0)  # the same run on every machine of a kind
+# the samplers draw the same numbers at an iteration whether the run was
+# resumed or not: --resume continues the run exactly (on a CPU)
+custom_hooks = [dict(type='IterationSeedHook')]

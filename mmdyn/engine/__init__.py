@@ -1,8 +1,9 @@
+from .iteration_seed_hook import IterationSeedHook
 from .temperature_annealing_hook import TemperatureAnnealingHook
 from .tool_config import (add_trust_argument, build_runner, load_tool_config,
                           parse_runner_args)
 
 __all__ = [
-    'TemperatureAnnealingHook', 'add_trust_argument', 'build_runner',
-    'load_tool_config', 'parse_runner_args'
+    'IterationSeedHook', 'TemperatureAnnealingHook', 'add_trust_argument',
+    'build_runner', 'load_tool_config', 'parse_runner_args'
 ]
