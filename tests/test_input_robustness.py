@@ -132,7 +132,7 @@ def test_fp16_autocast_with_large_activations(layer_name):
     with torch.no_grad():
         expected = layer(x)
         expected_maps = layer.attention_maps(x)
-        with torch.autocast('cpu', dtype=torch.float16):
+        with torch.autocast(x.device.type, dtype=torch.float16):
             got = layer(x.half())
             maps = layer.attention_maps(x.half())
     assert got.dtype == torch.float16
