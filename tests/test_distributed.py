@@ -61,3 +61,43 @@ def test_two_process_training_and_testing(tmp_path):
     out = run_script('dist_test.sh', R50, osp.join(work, 'iter_3.pth'), '2',
                      '--work-dir', work, *options, cwd=tmp_path)
     assert 'coco/bbox_mAP' in out
+
+
+def fake_srun(tmp_path):
+    """An ``srun`` that writes its arguments, one a line, to srun.args."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    srun = bin_dir / 'srun'
+    srun.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > '
+                    f'{tmp_path / "srun.args"}\n')
+    srun.chmod(0o755)
+    return dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+                GPUS='16', SRUN_ARGS='--quotatype=auto')
+
+
+def test_slurm_scripts_start_one_task_per_gpu(tmp_path):
+    env = fake_srun(tmp_path)
+    subprocess.run(['bash', osp.join(REPO, 'tools', 'slurm_train.sh'),
+                    'gpu', 'od', R50, 'work', '--auto-scale-lr',
+                    '--cfg-options', 'a=1'], env=env, check=True,
+                   capture_output=True)
+    args = (tmp_path / 'srun.args').read_text().splitlines()
+    assert args[:2] == ['-p', 'gpu']
+    for option in ('--job-name=od', '--gres=gpu:8', '--ntasks=16',
+                   '--ntasks-per-node=8', '--kill-on-bad-exit=1',
+                   '--quotatype=auto'):
+        assert option in args
+    train = args.index('python')
+    assert args[train + 1:] == [
+        '-u', osp.join(REPO, 'tools', 'train.py'), R50, '--work-dir=work',
+        '--launcher=slurm', '--auto-scale-lr', '--cfg-options', 'a=1']
+    env['GPUS'] = '4'
+    subprocess.run(['bash', osp.join(REPO, 'tools', 'slurm_test.sh'),
+                    'gpu', 'od', R50, 'ckpt.pth', '--out', 'r.pkl'],
+                   env=env, check=True, capture_output=True)
+    args = (tmp_path / 'srun.args').read_text().splitlines()
+    assert '--ntasks=4' in args and '--gres=gpu:4' in args
+    test = args.index('python')
+    assert args[test + 1:] == [
+        '-u', osp.join(REPO, 'tools', 'test.py'), R50, 'ckpt.pth',
+        '--launcher=slurm', '--out', 'r.pkl']
