@@ -23,6 +23,7 @@ in the same run. Results print as Markdown tables and go to ``--out`` as
 JSON.
 """
 import argparse
+import copy
 import json
 import os
 import os.path as osp
@@ -302,9 +303,14 @@ def bench_detectors(args, device):
             data = detector_inputs(model, 2, *args.shape, device,
                                    args.detector == 'mask-rcnn')
             single = detector_inputs(model, 1, *args.shape, device, False)
-            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4,
-                                        momentum=0.9)
+            initial = copy.deepcopy(model.state_dict())
             for precision in args.precision:
+                # every precision trains from the same weights: its
+                # finiteness is then its own, not that of the steps the
+                # precisions before it took on the same batch
+                model.load_state_dict(initial)
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-4,
+                                            momentum=0.9)
                 dtype = PRECISIONS[precision]
                 scaler = torch.amp.GradScaler(
                     device.type, enabled=dtype == torch.float16)
