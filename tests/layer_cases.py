@@ -28,6 +28,8 @@ LAYERS = {
     # both places for the channel and filter attentions (same result)
     'odconv-1x-folded': (ODConv2d, odconv_reference,
                          dict(kernel_num=1, fold_attentions=True)),
+    'odconv-1x-scaled': (ODConv2d, odconv_reference,
+                         dict(kernel_num=1, fold_attentions=False)),
     'odconv-4x-scaled': (ODConv2d, odconv_reference,
                          dict(kernel_num=4, fold_attentions=False)),
     'dcd': (DCDConv2d, dcd_reference, dict()),

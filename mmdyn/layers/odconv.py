@@ -107,7 +107,9 @@ class ODConv2d(DynamicConv2d):
     The input-channel attention scales the input and the filter attention
     the output, which equals scaling the kernel; only the spatial and kernel
     attentions need a per-sample kernel, and a 1x1 layer with one kernel
-    needs none.
+    needs none. Where per-sample kernels touch fewer numbers than the
+    activations (large images), all four attentions are folded into them
+    and a 1x1 layer becomes one batched matrix product.
 
     Args:
         kernel_num (int): Number of kernels ("1x" or "4x" in the paper).
@@ -122,10 +124,9 @@ class ODConv2d(DynamicConv2d):
             attention.
     """
 
-    #: Where the channel and filter attentions are applied when the layer
-    #: builds per-sample kernels anyway: on those kernels (True), on the
-    #: input and output (False), or whichever touches fewer numbers (None).
-    #: The result is the same; only the speed differs.
+    #: Where the channel and filter attentions are applied: on per-sample
+    #: kernels (True), on the input and output (False), or whichever touches
+    #: fewer numbers (None). The result is the same; only the speed differs.
     fold_attentions: Optional[bool] = None
 
     def __init__(self,
@@ -186,7 +187,11 @@ class ODConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.attention(x, self.temperature)
-        if attention.kernel is None and attention.spatial is None:
+        fold = self.fold_attentions
+        if fold is None:
+            fold = self._folding_is_cheaper(x)
+        static_kernel = attention.kernel is None and attention.spatial is None
+        if static_kernel and not fold:
             return self._scaled_static_conv(x, attention)
         if attention.kernel is None:
             weight = self.weight
@@ -197,9 +202,6 @@ class ODConv2d(DynamicConv2d):
                                                      *self.kernel_size)
         batch = x.shape[0]
         weight = weight.expand(batch, *weight.shape[1:])
-        fold = self.fold_attentions
-        if fold is None:
-            fold = self._folding_is_cheaper(x)
         if fold:
             return self._folded_conv(x, weight, attention)
         out = per_sample_conv2d(x * attention.channel[:, :, None, None],
