@@ -32,12 +32,19 @@ LAYERS = {
                          dict(kernel_num=1, fold_attentions=False)),
     'odconv-4x-scaled': (ODConv2d, odconv_reference,
                          dict(kernel_num=4, fold_attentions=False)),
+    # one conv per sample instead of the batch in the groups
+    'odconv-4x-loop': (ODConv2d, odconv_reference,
+                       dict(kernel_num=4, per_sample_conv='loop')),
     'dcd': (DCDConv2d, dcd_reference, dict()),
     'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
     'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
     'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),
     'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3)),
+    'condconv-loop': (CondConv2d, condconv_reference,
+                      dict(kernel_num=3, per_sample_conv='loop')),
 }
+
+SPEED_SETTINGS = ('fold_attentions', 'per_sample_conv')
 
 
 def make_layer(layer_name, geometry, bias=False, temperature=1.0,
@@ -47,12 +54,14 @@ def make_layer(layer_name, geometry, bias=False, temperature=1.0,
         GEOMETRIES[geometry]
     torch.manual_seed(seed)
     extra = dict(extra)
-    fold = extra.pop('fold_attentions', None)
+    # speed settings: class attributes, not constructor arguments
+    settings = {name: extra.pop(name) for name in SPEED_SETTINGS
+                if name in extra}
     layer = cls(in_ch, out_ch, kernel, stride=stride, padding=padding,
                 dilation=dilation, groups=groups, bias=bias,
                 temperature=temperature, **extra)
-    if fold is not None:
-        layer.fold_attentions = fold
+    for name, value in settings.items():
+        setattr(layer, name, value)
     randomize(layer)
     return layer.to(dtype), reference
 

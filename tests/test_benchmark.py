@@ -39,6 +39,21 @@ def test_backbones(tmp_path):
     assert static['ratio'] == 1.0 and dynamic['method'] == 'odconv-1x'
     assert dynamic['images_per_s'] > 0
     assert 'backbones --shape 32 32' in result['command']
+    assert result['per_sample'] == 'grouped' and not result['channels_last']
+
+
+def test_speed_settings(tmp_path):
+    from mmdyn.layers import DynamicConv2d
+    try:
+        result = run(tmp_path, 'backbones', '--shape', '32', '32',
+                     '--batch', '2', '--methods', 'condconv-8x',
+                     '--per-sample', 'loop', '--channels-last')
+        assert DynamicConv2d.per_sample_conv == 'loop'
+    finally:
+        DynamicConv2d.per_sample_conv = 'grouped'
+    assert result['per_sample'] == 'loop' and result['channels_last']
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['layers', '--compile'])
 
 
 def test_detectors(tmp_path, capsys):

@@ -280,3 +280,10 @@ def test_load_static_weight_rejects_a_kernel_of_the_wrong_shape():
         layer.load_static_weight(torch.randn(12, 8, 1, 1))
     with pytest.raises(ValueError, match='bias=False'):
         layer.load_static_weight(torch.randn(12, 8, 3, 3), torch.randn(12))
+
+
+def test_unknown_per_sample_conv_names_the_choices():
+    layer, _ = make_layer('condconv', '3x3')
+    layer.per_sample_conv = 'fast'
+    with pytest.raises(ValueError, match="'grouped' or 'loop', got 'fast'"):
+        layer(torch.randn(2, layer.in_channels, 5, 5, dtype=torch.float64))

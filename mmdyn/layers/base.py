@@ -1,11 +1,13 @@
 """What every dynamic convolution in mmdyn shares: geometry, checks and
 temperature."""
 import math
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+
+from .functional import per_sample_conv2d
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -77,6 +79,12 @@ class DynamicConv2d(nn.Module):
     # read by mmcv's ConvModule, as from any nn.Conv2d
     transposed = False
     output_padding = (0, 0)
+
+    #: How per-sample kernels are applied: one conv with the batch folded
+    #: into its groups ('grouped') or one conv per sample ('loop'). The
+    #: result is the same; set it on the class (or a layer) to compare
+    #: speeds, as ``tools/analysis_tools/benchmark.py --per-sample`` does.
+    per_sample_conv: str = 'grouped'
 
     def __init__(self,
                  in_channels: int,
@@ -181,6 +189,18 @@ class DynamicConv2d(nn.Module):
         """Keyword arguments of ``F.conv2d`` for this layer's geometry."""
         return dict(stride=self.stride, padding=self.padding,
                     dilation=self.dilation)
+
+    def per_sample(self, x: Tensor, weight: Tensor,
+                   bias: Optional[Tensor] = None) -> Tensor:
+        """Convolve each sample of ``x`` with its own kernel ``weight[b]``
+        (and bias ``bias[b]``) in this layer's geometry."""
+        if self.per_sample_conv not in ('grouped', 'loop'):
+            raise ValueError(
+                f"{type(self).__name__}: per_sample_conv must be 'grouped' "
+                f"or 'loop', got {self.per_sample_conv!r}")
+        return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
+                                 self.dilation, self.groups,
+                                 loop=self.per_sample_conv == 'loop')
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """Spatial size of the output for an input of ``height x width``."""

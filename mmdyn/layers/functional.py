@@ -72,19 +72,27 @@ def aggregate_kernels(attention: Tensor, weight: Tensor) -> Tensor:
     return mixed.view(attention.shape[0], *weight.shape[1:])
 
 
-def per_sample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                      stride: Tuple[int, int], padding: Tuple[int, int],
-                      dilation: Tuple[int, int], groups: int) -> Tensor:
-    """Convolve each sample with its own kernel in one call.
+def per_sample_conv2d(x: Tensor,
+                      weight: Tensor,
+                      bias: Optional[Tensor],
+                      stride: Tuple[int, int],
+                      padding: Tuple[int, int],
+                      dilation: Tuple[int, int],
+                      groups: int,
+                      loop: bool = False) -> Tensor:
+    """Convolve each sample with its own kernel.
 
     Args:
         x: (B, C_in, H, W) input.
         weight: (B, C_out, C_in / groups, kh, kw) one kernel per sample.
         bias: (B, C_out) one bias per sample, or None.
+        loop: Run one ``F.conv2d`` per sample instead of one for the batch
+            (the result is the same; GPU libraries may be faster one way or
+            the other at small batches).
 
     A 1x1 kernel with one group and no padding is a batched matrix product
     over the (strided) pixels; anything else folds the batch into the
-    groups of a single ``F.conv2d``.
+    groups of a single ``F.conv2d``, or loops over the batch.
     """
     batch, in_channels, height, width = x.shape
     out_channels = weight.shape[1]
@@ -99,6 +107,12 @@ def per_sample_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         else:
             out = torch.baddbmm(bias.unsqueeze(-1), kernels, pixels)
         return out.view(batch, out_channels, out_h, out_w)
+    if loop:
+        return torch.cat([
+            F.conv2d(x[i:i + 1], weight[i],
+                     None if bias is None else bias[i], stride, padding,
+                     dilation, groups) for i in range(batch)
+        ])
     out = F.conv2d(
         x.reshape(1, batch * in_channels, height, width),
         weight.reshape(batch * out_channels, *weight.shape[2:]),

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DynamicConv2d, IntOrPair
-from .functional import aggregate_kernels, per_sample_conv2d
+from .functional import aggregate_kernels
 
 
 def check_kernel_num(layer: str, kernel_num: int) -> int:
@@ -89,5 +89,4 @@ class KernelBankConv2d(DynamicConv2d):
         weight = aggregate_kernels(attention, self.weight)
         bias = None if self.bias is None else aggregate_kernels(
             attention, self.bias)
-        return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
-                                 self.dilation, self.groups)
+        return self.per_sample(x, weight, bias)

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair, attention_width
 from .functional import (aggregate_kernels, attention_branch, global_avg_pool,
-                         per_sample_conv2d, soften)
+                         soften)
 from .kernel_bank import check_kernel_num, make_kernel_bank
 
 
@@ -204,9 +204,8 @@ class ODConv2d(DynamicConv2d):
         weight = weight.expand(batch, *weight.shape[1:])
         if fold:
             return self._folded_conv(x, weight, attention)
-        out = per_sample_conv2d(x * attention.channel[:, :, None, None],
-                                weight, None, self.stride, self.padding,
-                                self.dilation, self.groups)
+        out = self.per_sample(x * attention.channel[:, :, None, None],
+                              weight)
         return self._filter_and_bias(out, attention)
 
     def _scaled_static_conv(self, x: Tensor, attention) -> Tensor:
@@ -248,5 +247,4 @@ class ODConv2d(DynamicConv2d):
         weight = weight * scale[..., None, None]
         bias = None if self.bias is None else self.bias.expand(
             batch, self.out_channels)
-        return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
-                                 self.dilation, groups)
+        return self.per_sample(x, weight, bias)

@@ -17,6 +17,11 @@ SGD step) and inference (1 image), time and peak memory, in each precision
 neck only, as mmcv 2.1's RoIAlign has no bfloat16 kernel); a non-finite loss
 is reported.
 
+Speed settings, to compare in separate runs: ``--per-sample loop`` (one
+conv per sample instead of the batch folded into the groups),
+``--channels-last`` and ``--compile`` (``torch.compile`` of every backbone,
+the static one too).
+
 Times are medians of ``--reps`` runs after ``--warmup``, from CUDA events
 (``time.perf_counter`` on a CPU); every ratio is to the static model timed
 in the same run. Results print as Markdown tables and go to ``--out`` as
@@ -99,6 +104,20 @@ def build_backbone(family: str, method: str, **kwargs) -> nn.Module:
     return initialised(MODELS.build(dict(cfg, **kwargs)))
 
 
+def in_memory_format(module_or_tensor, args):
+    """Channels-last if ``--channels-last`` was given: a tensor, or the
+    kernels of a model's ``nn.Conv2d`` layers (the dynamic layers' kernel
+    banks have a kernel dimension more and stay as they are)."""
+    if not args.channels_last:
+        return module_or_tensor
+    if isinstance(module_or_tensor, torch.Tensor):
+        return module_or_tensor.to(memory_format=torch.channels_last)
+    for module in module_or_tensor.modules():
+        if isinstance(module, nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return module_or_tensor
+
+
 def initialised(model: nn.Module) -> nn.Module:
     """``model`` after its own ``init_weights`` (zero-initialised residual
     BatchNorms as in training: built alone, a deep network with BatchNorm in
@@ -142,8 +161,8 @@ def bench_layers(args, device):
         shapes = conv_shapes(family, args.batch, *args.shape, device)
         for shape, count in sorted(shapes.items()):
             cin, cout, k, stride, padding, groups, h, w = shape
-            x = torch.randn(args.batch, cin, h, w, device=device,
-                            requires_grad=True)
+            x = torch.randn(args.batch, cin, h, w, device=device)
+            x = in_memory_format(x, args).requires_grad_(True)
             geometry = dict(stride=stride, padding=padding, groups=groups,
                             bias=False)
             layers = {'static': nn.Conv2d(cin, cout, k, **geometry)}
@@ -153,7 +172,8 @@ def bench_layers(args, device):
                     dict(type=kind, **extra), cin, cout, k, **geometry)
             row = dict(family=family, shape=list(shape), count=count)
             for name, layer in layers.items():
-                layer.to(device).eval()  # norm_eval=True, as in detection
+                layer = in_memory_format(layer.to(device), args)
+                layer.eval()  # norm_eval=True, as in detection
 
                 def forward():
                     with torch.no_grad():
@@ -205,10 +225,14 @@ def layer_tables(result) -> str:
 def bench_backbones(args, device):
     rows = []
     for family in args.families:
-        x = torch.randn(args.batch, 3, *args.shape, device=device)
+        x = in_memory_format(
+            torch.randn(args.batch, 3, *args.shape, device=device), args)
         for method in args.methods:
-            model = build_backbone(family, method).to(device)
+            model = in_memory_format(
+                build_backbone(family, method).to(device), args)
             model.eval()
+            if args.compile:
+                model = torch.compile(model)
 
             def infer():
                 with torch.no_grad():
@@ -299,7 +323,10 @@ def bench_detectors(args, device):
             cfg = Config.fromfile(config)
             cfg.model.backbone.init_cfg = None
             torch.manual_seed(0)
-            model = initialised(MODELS.build(cfg.model)).to(device)
+            model = in_memory_format(
+                initialised(MODELS.build(cfg.model)).to(device), args)
+            if args.compile:
+                model.backbone = torch.compile(model.backbone)
             data = detector_inputs(model, 2, *args.shape, device,
                                    args.detector == 'mask-rcnn')
             single = detector_inputs(model, 1, *args.shape, device, False)
@@ -410,8 +437,20 @@ def parse_args(argv=None):
     parser.add_argument('--reps', type=int, default=20)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
+    parser.add_argument('--per-sample', default='grouped',
+                        choices=['grouped', 'loop'],
+                        help='how per-sample kernels are applied (the '
+                        'per_sample_conv of mmdyn.layers.DynamicConv2d)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='models and inputs in channels-last memory '
+                        'format (static ones too)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile every backbone (static too); '
+                        'backbones and detectors only')
     parser.add_argument('--out', help='write the results to this JSON file')
     args = parser.parse_args(argv)
+    if args.compile and args.what == 'layers':
+        parser.error('--compile: for backbones and detectors only')
     batch, shape = DEFAULTS[args.what]
     args.batch = args.batch or batch
     args.shape = tuple(args.shape or shape)
@@ -429,6 +468,8 @@ def main(argv=None):
     init_default_scope('mmdet')
     # init_weights logs every parameter at INFO
     MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
+    from mmdyn.layers import DynamicConv2d
+    DynamicConv2d.per_sample_conv = args.per_sample
     device = torch.device(args.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
@@ -445,6 +486,8 @@ def main(argv=None):
         if device.type == 'cuda' else 'cpu'
     result.update(what=args.what, device=device_name, batch=args.batch,
                   shape=list(args.shape), torch=torch.__version__,
+                  per_sample=args.per_sample,
+                  channels_last=args.channels_last, compile=args.compile,
                   command=' '.join(['python', 'tools/analysis_tools/'
                                     'benchmark.py'] + (argv or sys.argv[1:])))
     print(f'# {device_name}, torch {torch.__version__}')
