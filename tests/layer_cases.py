@@ -36,6 +36,9 @@ LAYERS = {
     'odconv-4x-loop': (ODConv2d, odconv_reference,
                        dict(kernel_num=4, per_sample_conv='loop')),
     'dcd': (DCDConv2d, dcd_reference, dict()),
+    # the static conv and the low-rank residual apart, in eval mode too
+    'dcd-unfolded': (DCDConv2d, dcd_reference,
+                     dict(fold_attentions=False)),
     'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
     'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
     'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),

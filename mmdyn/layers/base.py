@@ -202,6 +202,17 @@ class DynamicConv2d(nn.Module):
                                  self.dilation, self.groups,
                                  loop=self.per_sample_conv == 'loop')
 
+    def kernels_are_smaller(self, x: Tensor) -> bool:
+        """Whether one kernel per sample has fewer numbers than the input
+        and output of ``x`` together: then applying the attentions to
+        per-sample kernels is cheaper than applying them to activations."""
+        height, width = x.shape[-2:]
+        out_h, out_w = self.output_size(height, width)
+        kernel = self.out_channels * (self.in_channels // self.groups) * \
+            self.kernel_size[0] * self.kernel_size[1]
+        return kernel <= self.in_channels * height * width + \
+            self.out_channels * out_h * out_w
+
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """Spatial size of the output for an input of ``height x width``."""
         return tuple(

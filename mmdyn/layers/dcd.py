@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair
 from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
@@ -42,6 +43,18 @@ def default_squeeze_channels(in_channels: int, latent_dim: int,
     """Width of the dynamic branch in the authors' ResNet code:
     ``max(in_channels * pool^2, L^2) // 16``, at least 4."""
     return max(max(in_channels * pool_size**2, latent_dim**2) // 16, 4)
+
+
+def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """``(a, c)`` with ``bn(v) == a * v + c`` for a BatchNorm that uses its
+    running statistics."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
 
 
 def _norm_1d_cfg(norm_cfg: dict) -> dict:
@@ -89,6 +102,13 @@ class DCDConv2d(DynamicConv2d):
             to ``W0``; the residual is a dense 1x1. ``bias=True`` adds a
             static bias to the output.
     """
+
+    #: Where the layer can (:meth:`can_fold`: BatchNorms in eval mode, as
+    #: with ``norm_eval=True``, and a dense ``W0``), whether it folds
+    #: Lambda(x) W0 and the residual into one kernel per sample (True),
+    #: keeps them apart (False), or picks whichever touches fewer numbers
+    #: (None). The result is the same; only the speed differs.
+    fold_attentions: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -185,8 +205,22 @@ class DCDConv2d(DynamicConv2d):
             self.p.weight.zero_()
         self._load_static_bias(bias)
 
+    def can_fold(self) -> bool:
+        """Whether the layer can be one per-sample kernel: its BatchNorms
+        use running statistics (an affine map each) and ``W0`` is dense
+        like the residual."""
+        return self.groups == 1 and all(
+            isinstance(bn, _BatchNorm) and not bn.training
+            and bn.running_var is not None for bn in (self.bn1, self.bn2))
+
     def forward(self, x: Tensor) -> Tensor:
         dynamics = self.dynamics(x)
+        if self.can_fold():
+            fold = self.fold_attentions
+            if fold is None:
+                fold = self.kernels_are_smaller(x)
+            if fold:
+                return self._folded_conv(x, dynamics)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()
         latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))
@@ -196,6 +230,27 @@ class DCDConv2d(DynamicConv2d):
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
+
+    def _folded_conv(self, x: Tensor, dynamics: DCDDynamics) -> Tensor:
+        """Eq. 4 of the DCD paper as one kernel per sample, with the
+        BatchNorms as affine maps ``a * v + c``:
+
+        ``W = Lambda W0 + P (diag(a2) Phi + I) diag(a1) Q^T`` at the centre
+        tap, and the bias ``P ((diag(a2) Phi + I) c1 + c2)``.
+        """
+        a1, c1 = batch_norm_affine(self.bn1)
+        a2, c2 = batch_norm_affine(self.bn2)
+        mix = a2[:, None] * dynamics.phi
+        mix.diagonal(dim1=1, dim2=2).add_(1.0)
+        p = self.p.weight.flatten(1)
+        residual = p @ (mix * a1) @ self.q.weight.flatten(1)
+        bias = (mix @ c1 + c2) @ p.t()
+        if self.bias is not None:
+            bias = bias + self.bias
+        weight = dynamics.scale[:, :, None, None, None] * self.conv.weight
+        centre_h, centre_w = ((k - 1) // 2 for k in self.kernel_size)
+        weight[..., centre_h, centre_w] += residual
+        return self.per_sample(x, weight, bias.to(weight.dtype))
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f', latent_dim={self.latent_dim}'

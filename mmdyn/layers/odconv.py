@@ -189,7 +189,7 @@ class ODConv2d(DynamicConv2d):
         attention = self.attention(x, self.temperature)
         fold = self.fold_attentions
         if fold is None:
-            fold = self._folding_is_cheaper(x)
+            fold = self.kernels_are_smaller(x)
         static_kernel = attention.kernel is None and attention.spatial is None
         if static_kernel and not fold:
             return self._scaled_static_conv(x, attention)
@@ -222,16 +222,6 @@ class ODConv2d(DynamicConv2d):
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
-
-    def _folding_is_cheaper(self, x: Tensor) -> bool:
-        """Whether scaling the per-sample kernels by the channel and filter
-        attentions touches fewer numbers than scaling the input and the
-        output, which it equals."""
-        height, width = x.shape[-2:]
-        out_h, out_w = self.output_size(height, width)
-        kernel = self.weight[0].numel()
-        return kernel <= self.in_channels * height * width + \
-            self.out_channels * out_h * out_w
 
     def _folded_conv(self, x: Tensor, weight: Tensor, attention) -> Tensor:
         """Per-sample kernels scaled by a_f (rows) and a_c (columns): for a
