@@ -1,0 +1,31 @@
+"""The dynamic layers compile with torch.compile as one graph (no graph
+breaks), forward and backward, and compute what they compute eagerly: what
+``benchmark.py --compile`` and MMEngine's ``compile`` setting rely on.
+(The aot_eager backend traces what inductor would, without generating
+code.)"""
+import pytest
+import torch
+
+import mmdyn  # noqa: F401
+from layer_cases import make_layer
+
+
+@pytest.mark.parametrize('layer_name', ['odconv-1x', 'odconv-4x', 'dcd',
+                                        'dcd-unfolded', 'dyconv',
+                                        'condconv'])
+@pytest.mark.parametrize('training', [False, True])
+def test_layer_compiles_as_one_graph(layer_name, training):
+    torch._dynamo.reset()
+    layer, _ = make_layer(layer_name, '3x3-stride2', dtype=torch.float32)
+    layer.train(training)
+    x = torch.randn(2, layer.in_channels, 9, 7, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend='aot_eager')
+    results = []
+    for forward in (layer, compiled):
+        layer.zero_grad()
+        inp = x.detach().clone().requires_grad_(True)
+        out = forward(inp)
+        out.square().sum().backward()
+        results.append([out, inp.grad] + [p.grad for p in layer.parameters()])
+    for eager, traced in zip(*results):
+        torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
