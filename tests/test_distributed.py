@@ -37,8 +37,7 @@ def run_script(script, *args, cwd):
     env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join(
                    [str(cwd), os.environ.get('PYTHONPATH', '')]))
-    # the scripts run `python`: this one
-    env['PATH'] = osp.dirname(sys.executable) + os.pathsep + env['PATH']
+    env['PYTHON'] = sys.executable  # the scripts' interpreter: this one
     result = subprocess.run(
         ['bash', osp.join(REPO, 'tools', script), *args],
         capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
