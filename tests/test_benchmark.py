@@ -58,10 +58,15 @@ def test_speed_settings(tmp_path):
 
 def test_detectors(tmp_path, capsys):
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
-                 'odconv-4x')
+                 'odconv-4x', '--profile', '5')
     assert [r['method'] for r in result['rows']] == ['static', 'odconv-4x']
     assert all(r['all_losses_finite'] and r['train_ms'] > 0
                for r in result['rows'])
-    assert 'faster-rcnn: training step' in capsys.readouterr().out
+    static, dynamic = (r['profile'] for r in result['rows'])
+    assert len(dynamic['top']) == 5 and dynamic['top'][0]['ms'] > 0
+    assert dynamic['kernels'] > static['kernels'] > 0
+    out = capsys.readouterr().out
+    assert 'faster-rcnn: training step' in out
+    assert 'profile, training step: mobilenetv2 odconv-4x' in out
     with pytest.raises(SystemExit, match='exists'):
         benchmark.main(['backbones', '--out', str(tmp_path / 'result.json')])

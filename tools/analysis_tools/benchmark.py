@@ -17,6 +17,9 @@ SGD step) and inference (1 image), time and peak memory, in each precision
 neck only, as mmcv 2.1's RoIAlign has no bfloat16 kernel); a non-finite loss
 is reported.
 
+``--profile N`` adds, for the detectors, a profile of one training step:
+how many kernels it launches and its N most expensive ones.
+
 Speed settings, to compare in separate runs: ``--per-sample loop`` (one
 conv per sample instead of the batch folded into the groups),
 ``--channels-last`` and ``--compile`` (``torch.compile`` of every backbone,
@@ -374,6 +377,9 @@ def bench_detectors(args, device):
                            infer_ms=measure_ms(infer, device, args.warmup,
                                                args.reps),
                            infer_mem_mb=peak_memory_mb(infer, device))
+                if args.profile:
+                    row['profile'] = profile_step(train_step, device,
+                                                  args.profile)
                 restore()
                 row['all_losses_finite'] = all(finite)
                 rows.append(row)
@@ -388,6 +394,57 @@ def bench_detectors(args, device):
             row[key.replace('_ms', '_ratio').replace('_mb', '_ratio')] = \
                 row[key] / static[key]
     return dict(rows=rows)
+
+
+def profile_step(step, device, top: int) -> dict:
+    """One call of ``step`` under torch.profiler: the number of device
+    kernels it launched (CPU: operators) and its ``top`` operators by self
+    time on the device (CPU: on the CPU)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if cuda else [])
+    step()
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    if cuda:
+        timed = [e for e in events if e.self_device_time_total > 0]
+        kernels = sum(e.count for e in events
+                      if e.device_type == DeviceType.CUDA)
+    else:
+        timed = [e for e in events if e.self_cpu_time_total > 0]
+        kernels = sum(e.count for e in timed)
+
+    def self_us(event):
+        return event.self_device_time_total if cuda else \
+            event.self_cpu_time_total
+
+    timed.sort(key=self_us, reverse=True)
+    return dict(kernels=kernels,
+                total_ms=sum(self_us(e) for e in timed) / 1e3,
+                top=[dict(name=e.key[:80], ms=self_us(e) / 1e3,
+                          count=e.count) for e in timed[:top]])
+
+
+def profile_tables(result) -> str:
+    lines = []
+    for r in result['rows']:
+        if 'profile' not in r:
+            continue
+        prof = r['profile']
+        lines += [
+            f"\nprofile, training step: {r['family']} {r['method']} "
+            f"{r['precision']}: {prof['kernels']} kernels, "
+            f"{prof['total_ms']:.1f} ms", '',
+            '| operator / kernel | self ms | calls |', '|---|---|---|'
+        ]
+        lines += [f"| `{t['name']}` | {t['ms']:.2f} | {t['count']} |"
+                  for t in prof['top']]
+    return '\n'.join(lines)
 
 
 def detector_table(result, detector) -> str:
@@ -447,10 +504,16 @@ def parse_args(argv=None):
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile every backbone (static too); '
                         'backbones and detectors only')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='detectors: profile one training step, and '
+                        'list its N most expensive kernels and its kernel '
+                        'count')
     parser.add_argument('--out', help='write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.compile and args.what == 'layers':
         parser.error('--compile: for backbones and detectors only')
+    if args.profile and args.what != 'detectors':
+        parser.error('--profile: for detectors only')
     batch, shape = DEFAULTS[args.what]
     args.batch = args.batch or batch
     args.shape = tuple(args.shape or shape)
@@ -481,7 +544,8 @@ def main(argv=None):
         table = backbone_table(result, args.batch, args.shape)
     else:
         result = bench_detectors(args, device)
-        table = detector_table(result, args.detector)
+        table = detector_table(result, args.detector) + profile_tables(
+            result)
     device_name = torch.cuda.get_device_name(device) \
         if device.type == 'cuda' else 'cpu'
     result.update(what=args.what, device=device_name, batch=args.batch,
