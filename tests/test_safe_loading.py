@@ -37,7 +37,9 @@ class _LeavesAMark:
 
 @pytest.fixture(autouse=True)
 def _no_trust_outlives_a_test(monkeypatch):
-    monkeypatch.delenv(TRUSTED_CHECKPOINTS_ENV, raising=False)
+    # set (not deleted), so that monkeypatch restores the variable after
+    # the test whatever trust_checkpoints wrote into it
+    monkeypatch.setenv(TRUSTED_CHECKPOINTS_ENV, '')
 
 
 def _backbone():
