@@ -29,3 +29,17 @@ def test_layer_compiles_as_one_graph(layer_name, training):
         results.append([out, inp.grad] + [p.grad for p in layer.parameters()])
     for eager, traced in zip(*results):
         torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('layer_name', ['odconv-4x', 'dcd', 'dyconv'])
+def test_layer_compiles_under_autocast(layer_name):
+    """The attention branch leaves autocast inside the compiled graph."""
+    torch._dynamo.reset()
+    layer, _ = make_layer(layer_name, '3x3', dtype=torch.float32)
+    layer.eval()
+    x = torch.randn(2, layer.in_channels, 9, 7)
+    compiled = torch.compile(layer, fullgraph=True, backend='aot_eager')
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        eager, traced = layer(x), compiled(x)
+    assert traced.dtype == eager.dtype == torch.bfloat16
+    torch.testing.assert_close(traced, eager)
