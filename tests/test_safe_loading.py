@@ -20,7 +20,7 @@ from mmengine.runner import CheckpointLoader
 import mmdyn  # noqa: F401  (installs the weights-only loaders)
 from mmdyn.checkpoint import (TRUSTED_CHECKPOINTS_ENV, CheckpointError,
                               load_backbone_checkpoint, trust_checkpoints)
-from mmdyn.engine import parse_runner_args
+from mmdyn.engine import add_trust_argument, parse_runner_args
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -157,6 +157,10 @@ def test_tools_trust_checkpoint_option(tmp_path):
     with pytest.raises(SystemExit):  # argparse error: only local files
         parse_runner_args(argparse.ArgumentParser(),
                           ['--trust-checkpoint', 'https://x.org/a.pth'])
+    parser = argparse.ArgumentParser()
+    add_trust_argument(parser)
+    parser.parse_args(['--trust-checkpoint', path])
+    assert parser.parse_args([]).trust_checkpoint == []
 
 
 def test_only_local_files_can_be_trusted():

@@ -19,7 +19,9 @@ class _TrustCheckpoint(argparse.Action):
             trust_checkpoints([value])
         except ValueError as error:
             parser.error(f'{option_string}: {error}')
-        getattr(namespace, self.dest).append(value)
+        # a new list, as argparse's 'append' makes: the default is shared
+        setattr(namespace, self.dest,
+                [*getattr(namespace, self.dest), value])
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:
