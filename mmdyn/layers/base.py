@@ -86,6 +86,12 @@ class DynamicConv2d(nn.Module):
     #: speeds, as ``tools/analysis_tools/benchmark.py --per-sample`` does.
     per_sample_conv: str = 'grouped'
 
+    #: For layers that can apply their attentions either to per-sample
+    #: kernels or to the activations (ODConv, DCD): kernels (True),
+    #: activations (False), or whichever touches fewer numbers (None). The
+    #: result is the same; only the speed differs.
+    fold_attentions: Optional[bool] = None
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
@@ -202,10 +208,12 @@ class DynamicConv2d(nn.Module):
                                  self.dilation, self.groups,
                                  loop=self.per_sample_conv == 'loop')
 
-    def kernels_are_smaller(self, x: Tensor) -> bool:
-        """Whether one kernel per sample has fewer numbers than the input
-        and output of ``x`` together: then applying the attentions to
-        per-sample kernels is cheaper than applying them to activations."""
+    def folds_attentions(self, x: Tensor) -> bool:
+        """Whether to apply the attentions to per-sample kernels for input
+        ``x``: :attr:`fold_attentions` if set, else whether one kernel per
+        sample has fewer numbers than the input and output together."""
+        if self.fold_attentions is not None:
+            return self.fold_attentions
         height, width = x.shape[-2:]
         out_h, out_w = self.output_size(height, width)
         kernel = self.out_channels * (self.in_channels // self.groups) * \

@@ -79,6 +79,12 @@ class DCDConv2d(DynamicConv2d):
     pooled input: ``fc`` (linear + small SE), then ``fc_scale`` (gate
     ``relu6(v + 3) / 3``, range 0-2) and ``fc_phi``.
 
+    Where it can (:meth:`can_fold`: BatchNorms in eval mode, as with
+    ``norm_eval=True``, and a dense ``W0``) and the kernels are smaller
+    than the activations, the layer folds ``Lambda(x) W0`` and the residual
+    into one kernel per sample (:attr:`fold_attentions` overrides the
+    choice); the result is the same.
+
     Where the released code differs from the paper (``bn1``, ``bn2``, the
     identity added to Phi, the 0-2 gate, the rules for L and the branch
     width), this follows the code, so the authors' checkpoints load.
@@ -102,13 +108,6 @@ class DCDConv2d(DynamicConv2d):
             to ``W0``; the residual is a dense 1x1. ``bias=True`` adds a
             static bias to the output.
     """
-
-    #: Where the layer can (:meth:`can_fold`: BatchNorms in eval mode, as
-    #: with ``norm_eval=True``, and a dense ``W0``), whether it folds
-    #: Lambda(x) W0 and the residual into one kernel per sample (True),
-    #: keeps them apart (False), or picks whichever touches fewer numbers
-    #: (None). The result is the same; only the speed differs.
-    fold_attentions: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -215,12 +214,8 @@ class DCDConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         dynamics = self.dynamics(x)
-        if self.can_fold():
-            fold = self.fold_attentions
-            if fold is None:
-                fold = self.kernels_are_smaller(x)
-            if fold:
-                return self._folded_conv(x, dynamics)
+        if self.can_fold() and self.folds_attentions(x):
+            return self._folded_conv(x, dynamics)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()
         latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))

@@ -1,5 +1,5 @@
 """Batched building blocks of the dynamic convolutions (no Python loop over
-the batch anywhere)."""
+the batch, except where ``per_sample_conv2d`` is asked for one)."""
 import functools
 from typing import Callable, Optional, Tuple
 

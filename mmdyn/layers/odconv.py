@@ -109,7 +109,8 @@ class ODConv2d(DynamicConv2d):
     attentions need a per-sample kernel, and a 1x1 layer with one kernel
     needs none. Where per-sample kernels touch fewer numbers than the
     activations (large images), all four attentions are folded into them
-    and a 1x1 layer becomes one batched matrix product.
+    and a 1x1 layer becomes one batched matrix product
+    (:attr:`fold_attentions` overrides the choice).
 
     Args:
         kernel_num (int): Number of kernels ("1x" or "4x" in the paper).
@@ -123,11 +124,6 @@ class ODConv2d(DynamicConv2d):
             has no bias; ``bias=True`` adds a static one after the filter
             attention.
     """
-
-    #: Where the channel and filter attentions are applied: on per-sample
-    #: kernels (True), on the input and output (False), or whichever touches
-    #: fewer numbers (None). The result is the same; only the speed differs.
-    fold_attentions: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -187,9 +183,7 @@ class ODConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.attention(x, self.temperature)
-        fold = self.fold_attentions
-        if fold is None:
-            fold = self.kernels_are_smaller(x)
+        fold = self.folds_attentions(x)
         static_kernel = attention.kernel is None and attention.spatial is None
         if static_kernel and not fold:
             return self._scaled_static_conv(x, attention)
