@@ -411,19 +411,15 @@ def profile_step(step, device, top: int) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
     events = prof.key_averages()
-    if cuda:
-        timed = [e for e in events if e.self_device_time_total > 0]
-        kernels = sum(e.count for e in events
-                      if e.device_type == DeviceType.CUDA)
-    else:
-        timed = [e for e in events if e.self_cpu_time_total > 0]
-        kernels = sum(e.count for e in timed)
 
     def self_us(event):
         return event.self_device_time_total if cuda else \
             event.self_cpu_time_total
 
-    timed.sort(key=self_us, reverse=True)
+    timed = sorted((e for e in events if self_us(e) > 0), key=self_us,
+                   reverse=True)
+    kernels = sum(e.count for e in events if e.device_type ==
+                  DeviceType.CUDA) if cuda else sum(e.count for e in timed)
     return dict(kernels=kernels,
                 total_ms=sum(self_us(e) for e in timed) / 1e3,
                 top=[dict(name=e.key[:80], ms=self_us(e) / 1e3,
