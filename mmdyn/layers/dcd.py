@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair
+from .conv_precision import pixelwise_matmul
 from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
                          soften)
 
@@ -220,7 +221,7 @@ class DCDConv2d(DynamicConv2d):
         pads = self.residual_padding()
         latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))
         flat = latent.flatten(2)
-        flat = self.bn2(torch.bmm(dynamics.phi, flat)) + flat
+        flat = self.bn2(pixelwise_matmul(dynamics.phi, flat)) + flat
         out = out + self.p(flat.view_as(latent))
         if self.bias is not None:
             out = out + self.bias[:, None, None]

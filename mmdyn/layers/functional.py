@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conv_precision import pixelwise_matmul
+
 
 def global_avg_pool(x: Tensor,
                     dtype: Optional[torch.dtype] = None) -> Tensor:
@@ -91,7 +93,8 @@ def per_sample_conv2d(x: Tensor,
             the other at small batches).
 
     A 1x1 kernel with one group and no padding is a batched matrix product
-    over the (strided) pixels; anything else folds the batch into the
+    over the (strided) pixels, in the precision of convolutions
+    (:func:`pixelwise_matmul`); anything else folds the batch into the
     groups of a single ``F.conv2d``, or loops over the batch.
     """
     batch, in_channels, height, width = x.shape
@@ -102,10 +105,7 @@ def per_sample_conv2d(x: Tensor,
         out_h, out_w = x.shape[-2:]
         pixels = x.reshape(batch, in_channels, out_h * out_w)
         kernels = weight.view(batch, out_channels, in_channels)
-        if bias is None:
-            out = torch.bmm(kernels, pixels)
-        else:
-            out = torch.baddbmm(bias.unsqueeze(-1), kernels, pixels)
+        out = pixelwise_matmul(kernels, pixels, bias)
         return out.view(batch, out_channels, out_h, out_w)
     if loop:
         return torch.cat([
