@@ -29,7 +29,8 @@ def attention_branch(branch: Callable) -> Callable:
     precision (float32) on the float32-accumulated pooled input: in float16
     its sums over channels of large activations overflow, and softmax or
     sigmoid of inf is NaN. The branch is tiny (one vector per sample), so
-    this costs nothing; its attentions are returned in ``x``'s dtype.
+    this costs nothing; its attentions are returned in autocast's dtype,
+    that of the layer's conv outputs they scale.
     """
 
     @functools.wraps(branch)
@@ -39,9 +40,10 @@ def attention_branch(branch: Callable) -> Callable:
             return branch(self, x, *args)
         with torch.autocast(device, enabled=False):
             attentions = branch(self, x, *args)
+        dtype = torch.get_autocast_dtype(device)
         if isinstance(attentions, Tensor):
-            return attentions.to(x.dtype)
-        return type(attentions)(*(None if a is None else a.to(x.dtype)
+            return attentions.to(dtype)
+        return type(attentions)(*(None if a is None else a.to(dtype)
                                   for a in attentions))
 
     return run
