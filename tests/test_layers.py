@@ -287,3 +287,14 @@ def test_unknown_per_sample_conv_names_the_choices():
     layer.per_sample_conv = 'fast'
     with pytest.raises(ValueError, match="'grouped' or 'loop', got 'fast'"):
         layer(torch.randn(2, layer.in_channels, 5, 5, dtype=torch.float64))
+
+
+def test_dcd_folds_only_small_batches_unless_told():
+    """A large batch keeps the dense conv with W0 (cuDNN runs a conv with
+    one kernel per sample as a slow grouped conv over many samples)."""
+    layer = DCDConv2d(8, 12, 3, padding=1).eval()
+    small, large = (torch.zeros(n, 8, 16, 16) for n in (2, 9))
+    assert layer.folds_attentions(small)
+    assert not layer.folds_attentions(large)
+    layer.fold_attentions = True
+    assert layer.folds_attentions(large)
