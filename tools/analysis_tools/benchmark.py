@@ -244,7 +244,8 @@ def bench_backbones(args, device):
             ms = measure_ms(infer, device, args.warmup, args.reps)
             rows.append(dict(family=family, method=method, ms=ms,
                              images_per_s=args.batch / ms * 1e3))
-            print(f'{family} {method} done', file=sys.stderr)
+            print(f'{family} {method}: {args.batch / ms * 1e3:.0f} img/s',
+                  file=sys.stderr)
     for row in rows:
         static = next(r for r in rows if r['family'] == row['family']
                       and r['method'] == 'static')
@@ -383,7 +384,10 @@ def bench_detectors(args, device):
                 restore()
                 row['all_losses_finite'] = all(finite)
                 rows.append(row)
-                print(f'{family} {method} {precision} done', file=sys.stderr)
+                print(f"{family} {method} {precision}: train "
+                      f"{row['train_ms']:.1f} ms {row['train_mem_mb']:.0f} "
+                      f"MiB, inference {row['infer_ms']:.1f} ms, losses "
+                      f"finite: {row['all_losses_finite']}", file=sys.stderr)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     for row in rows:
