@@ -100,3 +100,15 @@ def test_slurm_scripts_start_one_task_per_gpu(tmp_path):
     assert args[test + 1:] == [
         '-u', osp.join(REPO, 'tools', 'test.py'), R50, 'ckpt.pth',
         '--launcher=slurm', '--out', 'r.pkl']
+
+
+def test_tools_destroy_the_process_group_after_a_run():
+    import torch.distributed as dist
+    from mmdyn.engine import distributed_shut_down_at_exit
+    with distributed_shut_down_at_exit():
+        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:'
+                                f'{free_port()}', rank=0, world_size=1)
+        assert dist.is_initialized()
+    assert not dist.is_initialized()
+    with distributed_shut_down_at_exit():  # no process group: nothing to do
+        pass

@@ -10,7 +10,8 @@ import os.path as osp
 
 import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
 from mmdyn.datasets import prepare_demo_dataset
-from mmdyn.engine import build_runner, load_tool_config, parse_runner_args
+from mmdyn.engine import (build_runner, distributed_shut_down_at_exit,
+                          load_tool_config, parse_runner_args)
 
 
 def parse_args(argv=None):
@@ -37,7 +38,8 @@ def main(argv=None):
         cfg.test_evaluator.append(dict(type='DumpDetResults',
                                        out_file_path=args.out))
     prepare_demo_dataset(cfg)
-    build_runner(cfg).test()
+    with distributed_shut_down_at_exit():
+        build_runner(cfg).test()
 
 
 if __name__ == '__main__':

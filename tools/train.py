@@ -11,7 +11,8 @@ from mmengine.config import Config
 import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
 from mmdyn.checkpoint import check_pretrained_files
 from mmdyn.datasets import prepare_demo_dataset
-from mmdyn.engine import build_runner, load_tool_config, parse_runner_args
+from mmdyn.engine import (build_runner, distributed_shut_down_at_exit,
+                          load_tool_config, parse_runner_args)
 
 
 def parse_args(argv=None):
@@ -62,7 +63,8 @@ def main(argv=None):
         raise SystemExit(str(error)) from None
     if prepare_demo_dataset(cfg):
         print(f'generated the demo dataset in {cfg.demo_dataset.root}')
-    build_runner(cfg).train()
+    with distributed_shut_down_at_exit():
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':
