@@ -8,7 +8,6 @@ import os.path as osp
 from typing import Iterator, List, Optional
 
 import torch.distributed as dist
-
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -87,9 +86,9 @@ def distributed_shut_down_at_exit() -> Iterator[None]:
     worker threads can still hold work whose tensors Python is tearing
     down: ``terminate called without an active exception`` and SIGABRT
     after the results were printed, in about one CPU run of four (NCCL
-    warns that resources may leak). After an error it is left to the launcher,
-    which stops every rank: tearing it down here could wait on ranks that
-    are still in a collective."""
+    warns that resources may leak). After an error it is left to the
+    launcher, which stops every rank: tearing it down here could wait on
+    ranks that are still in a collective."""
     yield
     if dist.is_available() and dist.is_initialized():
         # every rank's last collective done, and the runner's wrapped model
