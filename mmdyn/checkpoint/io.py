@@ -48,20 +48,26 @@ def trust_checkpoints(filenames: Iterable[str]) -> None:
             raise ValueError(
                 f'only local files can be trusted, not {filename}: download '
                 f'it, check where it comes from, and trust the local copy')
-        trusted.add(osp.realpath(osp.expanduser(filename)))
+        trusted.add(_canonical_path(filename))
     os.environ[TRUSTED_CHECKPOINTS_ENV] = os.pathsep.join(sorted(trusted))
+
+
+def _canonical_path(filename: str) -> str:
+    """One name per file, whichever way it was written (``~``, links,
+    relative paths), so that trusting and checking agree."""
+    return osp.realpath(osp.expanduser(filename))
 
 
 def _trusted_checkpoints() -> Set[str]:
     listed = os.environ.get(TRUSTED_CHECKPOINTS_ENV, '')
-    return {osp.realpath(osp.expanduser(path))
-            for path in listed.split(os.pathsep) if path}
+    return {_canonical_path(path) for path in listed.split(os.pathsep)
+            if path}
 
 
 def is_trusted_checkpoint(filename: str) -> bool:
     """Whether ``filename`` was trusted with :func:`trust_checkpoints` (or
     listed in :data:`TRUSTED_CHECKPOINTS_ENV`)."""
-    return osp.realpath(osp.expanduser(filename)) in _trusted_checkpoints()
+    return _canonical_path(filename) in _trusted_checkpoints()
 
 
 def safe_torch_load(filename, map_location='cpu'):
