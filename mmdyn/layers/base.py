@@ -179,6 +179,11 @@ class DynamicConv2d(nn.Module):
         each with the batch first (for analysis; forward does not use it)."""
         raise NotImplementedError
 
+    def cuda_graph_key(self) -> tuple:
+        """The settings, read in Python, that choose the kernels forward
+        launches (a captured CUDA graph holds for one value of them)."""
+        return (self.temperature, self.fold_attentions, self.per_sample_conv)
+
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""
         self.temperature = temperature

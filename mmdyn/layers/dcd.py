@@ -224,6 +224,9 @@ class DCDConv2d(DynamicConv2d):
             return False
         return super().folds_attentions(x)
 
+    def cuda_graph_key(self) -> tuple:
+        return super().cuda_graph_key() + (self.fold_max_batch, )
+
     def forward(self, x: Tensor) -> Tensor:
         dynamics = self.dynamics(x)
         if self.can_fold() and self.folds_attentions(x):

@@ -1,5 +1,5 @@
 """MobileNetV2 backbones whose convolutions are dynamic."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch.utils.checkpoint as cp
 from mmcv.cnn import ConvModule
@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .utils import backbone_conv_cfg, check_stage_indices
+from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 #: the convs of an inverted residual block, and the last 1x1 conv
 ROLES = ('expand', 'depthwise', 'project', 'last')
@@ -91,6 +91,8 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
         norm_eval (bool): Keep every BatchNorm (attention branches
             included) in eval mode while training. Default: False.
         with_cp (bool): Gradient checkpointing of the blocks.
+        cuda_graph (bool | dict): Replay CUDA graphs, as in
+            :class:`DynamicResNet`. Default: False.
         init_cfg (dict | list[dict], optional): Initialisation config.
     """
 
@@ -109,6 +111,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                  act_cfg: Optional[dict] = None,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 cuda_graph: Union[bool, dict] = False,
                  init_cfg=None) -> None:
         super().__init__(init_cfg)
         name = type(self).__name__
@@ -167,6 +170,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                                        self.out_channel),
             norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.layers.append('conv2')
+        setup_cuda_graph(self, cuda_graph)
 
     def conv_cfg_for(self, role: str, block_index: int, in_channels: int,
                      out_channels: int) -> Optional[dict]:

@@ -1,13 +1,13 @@
 """ResNet backbones whose residual blocks use dynamic convolutions."""
 import math
-from typing import Optional
+from typing import Optional, Union
 
 from mmdet.models.backbones import ResNet
 from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .utils import backbone_conv_cfg, check_stage_indices
+from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 
 class _BlockFactory:
@@ -48,6 +48,11 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             too (DyConv's "every conv but the first"). Default: False.
         temperature (float): Temperature of every dynamic conv. Default: 1.0
             (annealing off, as for detection fine-tuning).
+        cuda_graph (bool | dict): Replay CUDA graphs of forward and backward
+            instead of launching each kernel (True, or a dict of
+            :class:`mmdyn.models.CUDAGraphForward` arguments, e.g.
+            ``dict(size_divisor=128)``); not with ``with_cp``. Default:
+            False.
     """
 
     def __init__(self,
@@ -56,6 +61,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
                  num_dynamic_blocks: Optional[int] = None,
                  dynamic_shortcut: bool = False,
                  temperature: float = 1.0,
+                 cuda_graph: Union[bool, dict] = False,
                  **kwargs) -> None:
         name = type(self).__name__
         if depth not in self.arch_settings:
@@ -75,6 +81,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
         self.num_dynamic_blocks = num_dynamic_blocks
         self.dynamic_shortcut = dynamic_shortcut
         super().__init__(depth, **kwargs)
+        setup_cuda_graph(self, cuda_graph)
 
     def block_is_dynamic(self, index: int) -> bool:
         """Whether the residual block at ``index`` (counted over all stages)

@@ -1,4 +1,9 @@
 """Helpers shared by the dynamic backbones."""
+from typing import Union
+
+from torch import nn
+
+from ..cuda_graph import enable_cuda_graph
 
 #: dynamic conv types whose attention branch has a norm layer
 _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
@@ -29,3 +34,27 @@ def check_stage_indices(name: str, kwargs: dict, num_stages: int) -> None:
         raise ValueError(f'{name}: frozen_stages must be -1 (none) or '
                          f'0..{num_stages} (stem and that many stages), got '
                          f'{frozen!r}')
+
+
+_CUDA_GRAPH_KEYS = ('size_divisor', 'max_graphs', 'warmup_iters')
+
+
+def setup_cuda_graph(backbone: nn.Module, cuda_graph: Union[bool,
+                                                            dict]) -> None:
+    """Apply a backbone's ``cuda_graph`` argument: False (or None) leaves
+    it eager, True or a dict of :class:`mmdyn.models.CUDAGraphForward`
+    arguments makes it replay CUDA graphs."""
+    name = type(backbone).__name__
+    if cuda_graph is None or cuda_graph is False:
+        return
+    if cuda_graph is True:
+        cuda_graph = {}
+    if not isinstance(cuda_graph, dict):
+        raise ValueError(
+            f'{name}: cuda_graph must be True, False or a dict with keys '
+            f'from {_CUDA_GRAPH_KEYS}, got {cuda_graph!r}')
+    unknown = sorted(set(cuda_graph) - set(_CUDA_GRAPH_KEYS))
+    if unknown:
+        raise ValueError(f'{name}: cuda_graph has unknown keys {unknown}; '
+                         f'it takes {_CUDA_GRAPH_KEYS}')
+    enable_cuda_graph(backbone, **cuda_graph)

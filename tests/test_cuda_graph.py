@@ -1,0 +1,497 @@
+"""CUDA graphs of a backbone (mmdyn.models.cuda_graph).
+
+On the CPU the dispatching is tested with :class:`EagerGraph`, which stands
+in for a captured graph by running the module eagerly on the padded input:
+which calls capture, which replay, which run eagerly, padding and cropping,
+gradients through the replay node, train / eval and other state changes.
+The captures themselves are tested on a GPU (``needs_cuda``): graphed
+outputs and gradients equal eager ones.
+"""
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmengine.registry import init_default_scope
+from torch import nn
+
+import mmdyn
+from mmdyn.models import (CUDAGraphForward, disable_cuda_graph,
+                          enable_cuda_graph, get_cuda_graph)
+from mmdyn.models import cuda_graph as cg
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='needs CUDA')
+
+BACKBONES = {
+    'static': dict(type='mmdet.ResNet'),
+    'odconv-1x': dict(type='ODResNet', kernel_num=1),
+    'odconv-4x': dict(type='ODResNet', kernel_num=4),
+    'dcd': dict(type='DCDResNet'),
+    'dyconv': dict(type='DyConvResNet'),
+    'condconv': dict(type='CondConvResNet'),
+}
+
+
+def build(method='odconv-1x', device='cpu', dtype=torch.float32, **kwargs):
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    cfg = dict(BACKBONES[method], depth=50, base_channels=8, stem_channels=8,
+               norm_eval=True, frozen_stages=1)
+    cfg.update(kwargs)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    with torch.no_grad():  # attentions that differ between samples
+        for name, param in model.named_parameters():
+            if '_fc.bias' in name:
+                param.uniform_(-0.5, 0.5)
+    return model.to(device, dtype)
+
+
+def twins(method='odconv-1x', backbone_args=None, **graph_args):
+    """An eager backbone and a graphed copy (with the CPU stand-in)."""
+    eager = build(method, **(backbone_args or {}))
+    graphed = copy.deepcopy(eager)
+    runner = StandInForward(graphed, **graph_args)
+    graphed.forward = runner
+    return eager, graphed, runner
+
+
+class EagerGraph:
+    """Stands in for :class:`mmdyn.models.cuda_graph.ShapeGraph` on the
+    CPU: same interface, replays by running the module on the padded input
+    (buffers restored after the 'capture', as the real one does)."""
+
+    def __init__(self, forward, module, params, example, bucket,
+                 with_backward, owner):
+        self.forward, self.bucket = forward, bucket
+        self.params = [p for p in params if p.requires_grad
+                       ] if with_backward else []
+        self.input_grad = with_backward and example.requires_grad
+        buffers = [b.clone() for b in module.buffers()]
+        with torch.set_grad_enabled(with_backward):
+            result = forward(self._padded(example))
+        for buffer, value in zip(module.buffers(), buffers):
+            buffer.data.copy_(value)
+        outputs = cg._flatten(result)
+        self.structure = cg._structure(result)
+        self.output_sizes = [tuple(o.shape) for o in outputs]
+        self.differentiable = [o.requires_grad for o in outputs]
+
+    def _padded(self, x):
+        padded = x.new_zeros(tuple(x.shape[:-2]) + self.bucket)
+        padded[cg._region(x.shape)] = x
+        return padded
+
+    def crops(self, size):
+        return cg.crop_sizes(self.output_sizes, self.bucket, size)
+
+    def replay_forward(self, x, crops):
+        with torch.enable_grad():
+            self.input = self._padded(x.detach()).requires_grad_(
+                self.input_grad)
+            self.outputs = cg._flatten(self.forward(self.input))
+        return [o.detach()[cg._region(c)].clone()
+                for o, c in zip(self.outputs, crops)]
+
+    def replay_backward(self, grads, crops, size):
+        pairs = []
+        for output, grad, crop, differentiable in zip(
+                self.outputs, grads, crops, self.differentiable):
+            if differentiable:
+                full = torch.zeros_like(output)
+                full[cg._region(crop)] = grad
+                pairs.append((output, full))
+        inputs = ([self.input] if self.input_grad else []) + self.params
+        result = torch.autograd.grad([o for o, _ in pairs], inputs,
+                                     [g for _, g in pairs], allow_unused=True)
+        grad_input = result[0][..., :size[0], :size[1]] \
+            if self.input_grad else None
+        return grad_input, list(result[len(inputs) - len(self.params):])
+
+
+class StandInForward(CUDAGraphForward):
+    graph_type = EagerGraph
+
+    @staticmethod
+    def can_capture(x):
+        return True
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def grads_of(model, outputs, weights=None):
+    loss = sum((o * w).sum() if weights else o.square().sum()
+               for o, w in zip(outputs, weights or outputs))
+    return torch.autograd.grad(loss, trainable(model))
+
+
+def assert_close_all(actual, expected, **tol):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, **tol)
+
+
+# ------------------------------------------------------------ pure helpers
+
+
+def test_bucket_shape():
+    assert cg.bucket_shape(800, 1216, None) == (800, 1216)
+    assert cg.bucket_shape(800, 1216, 128) == (896, 1280)
+    assert cg.bucket_shape(768, 1280, 128) == (768, 1280)
+
+
+def test_crop_sizes():
+    sizes = [(2, 8, 32, 48), (2, 16, 16, 24), (2, 32, 4, 6)]
+    # strides 4, 8, 32 of a 128x192 bucket, cropped for 96x160
+    assert cg.crop_sizes(sizes, (128, 192), (96, 160)) == [
+        (2, 8, 24, 40), (2, 16, 12, 20), (2, 32, 3, 5)]
+    # 100 is not a multiple of the stride 32: no exact crop
+    assert cg.crop_sizes(sizes, (128, 192), (100, 160)) is None
+    # outputs without a spatial size only fit the bucket itself
+    assert cg.crop_sizes([(2, 10)], (64, 64), (64, 64)) == [(2, 10)]
+    assert cg.crop_sizes([(2, 10)], (64, 64), (32, 64)) is None
+
+
+def test_arena_views_keep_strides_and_alignment():
+    a = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
+    b = torch.randn(3, dtype=torch.float16)
+    arena = cg._Arena(torch.device('cpu'), cg._Arena.nbytes([a, b]))
+    va, vb = arena.views_like([a, b])
+    assert va.stride() == a.stride() and vb.dtype == torch.float16
+    va.copy_(a)
+    vb.copy_(b)
+    assert torch.equal(va, a) and torch.equal(vb, b)
+    assert (vb.data_ptr() - arena.data.data_ptr()) % cg._Arena.ALIGN == 0
+
+
+# --------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(size_divisor=0), 'size_divisor'),
+    (dict(size_divisor=True), 'size_divisor'),
+    (dict(max_graphs=0), 'max_graphs'),
+    (dict(max_graphs=2.0), 'max_graphs'),
+    (dict(warmup_iters=0), 'warmup_iters'),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        enable_cuda_graph(nn.Conv2d(3, 3, 1), **kwargs)
+
+
+@pytest.mark.parametrize('value, match', [
+    ('yes', 'must be True, False or a dict'),
+    (dict(size_divisor=32, pad=1), r"unknown keys \['pad'\]"),
+    (dict(max_graphs=-1), 'max_graphs'),
+])
+def test_backbone_argument_errors(value, match):
+    with pytest.raises(ValueError, match=match):
+        build(cuda_graph=value)
+
+
+def test_with_cp_is_refused():
+    with pytest.raises(ValueError, match='with_cp'):
+        build(cuda_graph=True, with_cp=True)
+    with pytest.raises(ValueError, match='with_cp'):
+        enable_cuda_graph(build('static', with_cp=True))
+
+
+def test_enable_disable_and_state_dict():
+    model = build('static')
+    keys = list(model.state_dict())
+    runner = enable_cuda_graph(model, size_divisor=64)
+    assert get_cuda_graph(model) is runner and model.forward is runner
+    assert list(model.state_dict()) == keys  # checkpoints load as before
+    with pytest.raises(ValueError, match='enabled twice'):
+        enable_cuda_graph(model)
+    disable_cuda_graph(model)
+    assert get_cuda_graph(model) is None
+    with pytest.raises(ValueError, match='no CUDA graphs'):
+        disable_cuda_graph(model)
+    assert mmdyn.enable_cuda_graph is enable_cuda_graph
+
+
+def test_mobilenet_argument():
+    model = MODELS.build(dict(type='ODMobileNetV2', widen_factor=0.5,
+                              cuda_graph=dict(max_graphs=4)))
+    assert get_cuda_graph(model).max_graphs == 4
+
+
+def test_copies_start_without_graphs():
+    eager, graphed, runner = twins()
+    graphed(torch.randn(2, 3, 64, 64))
+    assert len(runner.graphs) == 1
+    for clone in (copy.deepcopy(graphed),
+                  pickle.loads(pickle.dumps(graphed))):
+        assert clone.forward.module is clone and not clone.forward.graphs
+        assert type(clone.forward) is StandInForward
+
+
+def test_cpu_runs_eagerly_with_one_warning():
+    eager = build()
+    graphed = build(cuda_graph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.warns(UserWarning, match='not on a CUDA device'):
+        outputs = graphed(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        graphed(x)
+    assert_close_all(outputs, eager(x), rtol=0, atol=0)
+    assert get_cuda_graph(graphed).stats == {'eager_not_cuda': 2}
+
+
+def test_called_with_other_arguments():
+    _, graphed, _ = twins()
+    with pytest.raises(TypeError, match='forward\\(x\\)'):
+        graphed(torch.randn(2, 3, 32, 32), None)
+
+
+# ------------------------------------------------------------ dispatching
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('method', ['odconv-1x', 'dcd', 'static'])
+def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
+    eager, graphed, runner = twins(method)
+    eager.to(dtype)
+    graphed.to(dtype)
+    eager.train()
+    graphed.train()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else {}
+    for shape in [(2, 3, 64, 96), (2, 3, 32, 32), (2, 3, 64, 96)]:
+        x = torch.randn(shape, dtype=dtype)
+        expected, actual = eager(x), graphed(x)
+        assert_close_all(actual, expected, **tol)
+        weights = [torch.randn_like(o) for o in expected]
+        assert_close_all(grads_of(graphed, actual, weights),
+                         grads_of(eager, expected, weights), **tol)
+    assert runner.stats == {'captures': 2, 'replays': 3}
+    # BatchNorm buffers (attention ones included) took the same steps
+    assert_close_all(list(graphed.buffers()), list(eager.buffers()), **tol)
+
+
+def test_gradients_accumulate_in_grad():
+    eager, graphed, _ = twins()
+    eager.train()
+    graphed.train()
+    for _ in range(2):
+        x = torch.randn(2, 3, 64, 64)
+        sum(o.sum() for o in eager(x)).backward()
+        sum(o.sum() for o in graphed(x)).backward()
+    assert_close_all([p.grad for p in trainable(graphed)],
+                     [p.grad for p in trainable(eager)], rtol=1e-5,
+                     atol=1e-6)
+
+
+def test_input_gradient():
+    eager, graphed, _ = twins('static', dict(frozen_stages=-1))
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    expected = torch.autograd.grad(sum(o.sum() for o in eager(x)), x)[0]
+    actual = torch.autograd.grad(sum(o.sum() for o in graphed(x)), x)[0]
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_buckets_and_cropping():
+    eager, graphed, runner = twins(size_divisor=64)
+    eager.train()
+    graphed.train()
+    for height, width in [(96, 96), (128, 128), (96, 128), (64, 96)]:
+        x = torch.randn(2, 3, height, width)
+        actual = graphed(x)
+        # the unpadded input's output sizes, the padded input's numbers
+        bucket = cg.bucket_shape(height, width, 64)
+        padded = torch.zeros(2, 3, *bucket)
+        padded[..., :height, :width] = x
+        expected = [o[..., :o.shape[-2] * height // bucket[0],
+                      :o.shape[-1] * width // bucket[1]]
+                    for o in eager(padded)]
+        assert [o.shape for o in actual] == [o.shape for o in eager(x)]
+        assert_close_all(actual, expected, rtol=1e-5, atol=1e-6)
+        weights = [torch.randn_like(o) for o in expected]
+        assert_close_all(grads_of(graphed, actual, weights),
+                         grads_of(eager, expected, weights), rtol=1e-5,
+                         atol=1e-6)
+    assert runner.stats['captures'] == 2  # 128x128, then 64x128
+    assert [key[-1] for key in runner.graphs] == [(128, 128), (64, 128)]
+
+
+def test_sizes_that_do_not_crop_get_their_own_graph():
+    _, graphed, runner = twins(size_divisor=64)
+    with pytest.warns(UserWarning, match='not multiples of the outputs'):
+        outputs = graphed(torch.randn(2, 3, 80, 96))
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(20, 24), (10, 12),
+                                                      (5, 6), (3, 3)]
+    assert [key[-1] for key in runner.graphs] == [(128, 128), (80, 96)]
+
+
+def test_states_get_their_own_graphs():
+    _, graphed, runner = twins()
+    x = torch.randn(2, 3, 64, 64)
+    graphed.train()
+    graphed(x)
+    graphed(x)
+    graphed.eval()
+    with torch.no_grad():
+        graphed(x)
+    graphed(x)  # eval with grad: a graph with backward
+    mmdyn.set_temperature(graphed, 2.0)
+    graphed(x)
+    for param in graphed.layer2.parameters():
+        param.requires_grad = False
+    graphed(x)
+    assert runner.stats == {'captures': 5, 'replays': 6}
+    assert len({key[4] for key in runner.graphs}) == 2  # with / without bwd
+
+
+def test_moving_the_module_drops_its_graphs():
+    _, graphed, runner = twins()
+    graphed(torch.randn(2, 3, 32, 32))
+    assert runner.graphs
+    graphed.double()
+    graphed(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    assert len(runner.graphs) == 1 and runner.stats['captures'] == 2
+
+
+def test_max_graphs_then_eager():
+    eager, graphed, runner = twins(max_graphs=2)
+    for size in (32, 64):
+        graphed(torch.randn(2, 3, size, size))
+    x = torch.randn(2, 3, 96, 96)
+    with pytest.warns(UserWarning, match='max_graphs \\(2\\)'):
+        actual = graphed(x)
+    assert_close_all(actual, eager(x), rtol=1e-5, atol=1e-6)
+    assert runner.stats['eager_max_graphs'] == 1
+    assert len(runner.graphs) == 2
+
+
+def test_second_call_before_backward_runs_eagerly():
+    eager, graphed, runner = twins()
+    graphed.train()
+    eager.train()
+    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    first = graphed(x1)
+    with pytest.warns(UserWarning, match='before the backward'):
+        second = graphed(x2)
+    loss = sum(o.sum() for o in first) + sum(o.square().sum()
+                                             for o in second)
+    actual = torch.autograd.grad(loss, trainable(graphed))
+    loss = sum(o.sum() for o in eager(x1)) + sum(o.square().sum()
+                                                 for o in eager(x2))
+    assert_close_all(actual, torch.autograd.grad(loss, trainable(eager)),
+                     rtol=1e-5, atol=1e-6)
+    assert runner.stats['eager_pending_backward'] == 1
+    graphed(x1)  # the backward ran: a replay again
+    graphed(x1)  # outputs dropped without backward: nothing is pending
+    assert runner.stats['replays'] == 3
+
+
+def test_hooks_and_sync_batch_norm_run_eagerly():
+    _, graphed, runner = twins()
+    handle = graphed.layer1.register_forward_hook(lambda *args: None)
+    with pytest.warns(UserWarning, match='hooks'):
+        graphed(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    graphed(torch.randn(2, 3, 32, 32))
+    assert runner.stats == {'eager_hooks': 1, 'captures': 1, 'replays': 1}
+
+    model = build('static', norm_eval=False)
+    model.layer2[0].bn1 = nn.SyncBatchNorm(16)
+    runner = enable_cuda_graph(model)
+    runner.can_capture = lambda x: True
+    model.train()
+    with pytest.warns(UserWarning, match='SyncBatchNorm'):
+        model(torch.randn(2, 3, 32, 32))
+    assert runner.stats == {'eager_sync_bn': 1}
+
+
+def test_not_under_compile(monkeypatch):
+    _, graphed, runner = twins('static')
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    graphed(torch.randn(2, 3, 32, 32))
+    assert runner.stats == {'eager_compiling': 1}
+
+
+# -------------------------------------------------------------- on a GPU
+
+
+@needs_cuda
+@pytest.mark.parametrize('method', list(BACKBONES))
+def test_gpu_graphs_equal_eager(method):
+    eager = build(method, 'cuda')
+    graphed = copy.deepcopy(eager)
+    runner = enable_cuda_graph(graphed)
+    for mode in ('train', 'eval'):
+        eager.train(mode == 'train')
+        graphed.train(mode == 'train')
+        for shape in [(2, 3, 96, 128), (2, 3, 64, 64), (2, 3, 96, 128)]:
+            x = torch.randn(shape, device='cuda')
+            expected, actual = eager(x), graphed(x)
+            assert_close_all(actual, expected, rtol=1e-5, atol=1e-5)
+            weights = [torch.randn_like(o) for o in expected]
+            assert_close_all(grads_of(graphed, actual, weights),
+                             grads_of(eager, expected, weights), rtol=1e-4,
+                             atol=1e-5)
+        with torch.no_grad():
+            x = torch.randn(1, 3, 96, 128, device='cuda')
+            assert_close_all(graphed(x), eager(x), rtol=1e-5, atol=1e-5)
+    assert_close_all(list(graphed.buffers()), list(eager.buffers()))
+    assert runner.stats == {'captures': 6, 'replays': 8}
+
+
+@needs_cuda
+def test_gpu_accumulation_padding_and_autocast():
+    eager = build('odconv-4x', 'cuda', norm_eval=False)
+    graphed = copy.deepcopy(eager)
+    runner = enable_cuda_graph(graphed, size_divisor=64)
+    eager.train()
+    graphed.train()
+    for _ in range(2):
+        x = torch.randn(2, 3, 96, 96, device='cuda')
+        padded = torch.zeros(2, 3, 128, 128, device='cuda')
+        padded[..., :96, :96] = x
+        expected = [o[..., :o.shape[-2] * 3 // 4, :o.shape[-1] * 3 // 4]
+                    for o in eager(padded)]
+        actual = graphed(x)
+        assert_close_all(actual, expected, rtol=1e-5, atol=1e-5)
+        sum(o.sum() for o in expected).backward()
+        sum(o.sum() for o in actual).backward()
+    assert_close_all([p.grad for p in trainable(graphed)],
+                     [p.grad for p in trainable(eager)], rtol=1e-4,
+                     atol=1e-5)
+    assert_close_all(list(graphed.buffers()), list(eager.buffers()),
+                     rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 3, 128, 128, device='cuda')
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast('cuda', dtype=dtype):
+            expected, actual = eager(x), graphed(x)
+        assert all(o.dtype == dtype for o in actual)
+        assert_close_all(actual, expected, rtol=1e-2, atol=1e-2)
+        del actual  # its backward is not coming
+    assert runner.stats['captures'] == 3
+
+
+@needs_cuda
+def test_gpu_static_memory_does_not_grow_per_shape():
+    graphed = build('odconv-1x', 'cuda')
+    runner = enable_cuda_graph(graphed)
+    graphed.train()
+
+    def step(size):
+        x = torch.randn(2, 3, size, size, device='cuda')
+        sum(o.sum() for o in graphed(x)).backward()
+
+    step(128)
+    torch.cuda.synchronize()
+    reserved = torch.cuda.memory_reserved()
+    for size in (96, 64, 32, 96, 128):
+        step(size)
+    torch.cuda.synchronize()
+    # smaller shapes reuse the pool and the static buffers of the largest
+    assert torch.cuda.memory_reserved() <= reserved * 1.1
+    assert runner.stats['captures'] == 4
