@@ -56,6 +56,21 @@ def test_speed_settings(tmp_path):
         benchmark.parse_args(['layers', '--compile'])
 
 
+def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
+    with pytest.warns(UserWarning, match='not on a CUDA device'):
+        result = run(tmp_path, 'detectors', '--shape', '64', '96',
+                     '--methods', 'odconv-1x', '--cuda-graph')
+    assert [(r['method'], r['mode']) for r in result['rows']] == [
+        ('static', 'eager'), ('static', 'cuda-graph'),
+        ('odconv-1x', 'cuda-graph')]
+    assert result['rows'][0]['train_ratio'] == 1.0 and result['cuda_graph']
+    assert '| odconv-1x (cuda-graph) | fp32 |' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['detectors', '--compile', '--cuda-graph'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['layers', '--cuda-graph'])
+
+
 def test_detectors(tmp_path, capsys):
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
                  'odconv-4x', '--profile', '5')

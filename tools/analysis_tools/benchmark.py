@@ -21,9 +21,16 @@ is reported.
 how many kernels it launches and its N most expensive ones.
 
 Speed settings, to compare in separate runs: ``--per-sample loop`` (one
-conv per sample instead of the batch folded into the groups),
-``--channels-last`` and ``--compile`` (``torch.compile`` of every backbone,
-the static one too).
+conv per sample instead of the batch folded into the groups) and
+``--channels-last`` apply to every model. ``--cuda-graph`` (backbones
+replay CUDA graphs: :func:`mmdyn.enable_cuda_graph`) and ``--compile``
+(``torch.compile`` of the backbone, in ``--compile-mode``) apply to every
+method, the static one too, and the eager static model is measured as well:
+it stays the reference of every ratio.
+
+Peak memory is what tensors held at most (``max_memory_allocated``); with
+``--cuda-graph`` the graphs' memory pool is reserved but not counted there,
+so the tables also give the peak of reserved memory.
 
 Times are medians of ``--reps`` runs after ``--warmup``, from CUDA events
 (``time.perf_counter`` on a CPU); every ratio is to the static model timed
@@ -87,14 +94,53 @@ def measure_ms(fn, device, warmup: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def peak_memory_mb(fn, device) -> float:
+def peak_memory_mb(fn, device) -> tuple:
+    """Peak allocated and peak reserved memory of one call of ``fn``."""
     if device.type != 'cuda':
-        return float('nan')
+        return float('nan'), float('nan')
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    return (torch.cuda.max_memory_allocated(device) / 2**20,
+            torch.cuda.max_memory_reserved(device) / 2**20)
+
+
+def speed_mode_name(args) -> str:
+    return 'cuda-graph' if args.cuda_graph else \
+        f'compile-{args.compile_mode}' if args.compile else 'eager'
+
+
+def measured(args) -> list:
+    """(method, mode) pairs to measure: every method in the speed mode,
+    and the eager static model, the reference."""
+    mode = speed_mode_name(args)
+    pairs = [(method, mode) for method in args.methods]
+    return pairs if mode == 'eager' else [('static', 'eager')] + pairs
+
+
+def reference(rows, row, **same) -> dict:
+    """The eager static row of ``row``'s family (and ``same`` keys)."""
+    return next(r for r in rows if r['family'] == row['family']
+                and r['method'] == 'static' and r['mode'] == 'eager'
+                and all(r[k] == row[k] for k in same))
+
+
+def label(row) -> str:
+    return row['method'] + ('' if row['mode'] == 'eager' else
+                            f" ({row['mode']})")
+
+
+def speed_mode(backbone: nn.Module, args, mode: str) -> nn.Module:
+    """The backbone in ``mode`` (see :func:`speed_mode_name`)."""
+    if mode == 'eager':
+        return backbone
+    if args.cuda_graph:
+        from mmdyn import enable_cuda_graph
+        enable_cuda_graph(backbone)
+    if args.compile:
+        return torch.compile(backbone, mode=args.compile_mode)
+    return backbone
 
 
 def build_backbone(family: str, method: str, **kwargs) -> nn.Module:
@@ -230,26 +276,24 @@ def bench_backbones(args, device):
     for family in args.families:
         x = in_memory_format(
             torch.randn(args.batch, 3, *args.shape, device=device), args)
-        for method in args.methods:
+        for method, mode in measured(args):
             model = in_memory_format(
                 build_backbone(family, method).to(device), args)
             model.eval()
-            if args.compile:
-                model = torch.compile(model)
+            model = speed_mode(model, args, mode)
 
             def infer():
                 with torch.no_grad():
                     model(x)
 
             ms = measure_ms(infer, device, args.warmup, args.reps)
-            rows.append(dict(family=family, method=method, ms=ms,
+            rows.append(dict(family=family, method=method, mode=mode, ms=ms,
                              images_per_s=args.batch / ms * 1e3))
-            print(f'{family} {method}: {args.batch / ms * 1e3:.0f} img/s',
-                  file=sys.stderr)
+            print(f'{family} {label(rows[-1])}: '
+                  f'{args.batch / ms * 1e3:.0f} img/s', file=sys.stderr)
     for row in rows:
-        static = next(r for r in rows if r['family'] == row['family']
-                      and r['method'] == 'static')
-        row['ratio'] = row['images_per_s'] / static['images_per_s']
+        row['ratio'] = row['images_per_s'] / reference(
+            rows, row)['images_per_s']
     return dict(rows=rows)
 
 
@@ -258,7 +302,7 @@ def backbone_table(result, batch, shape) -> str:
              '', '| backbone | method | img/s | throughput vs static |',
              '|---|---|---|---|']
     for r in result['rows']:
-        lines.append(f"| {r['family']} | {r['method']} | "
+        lines.append(f"| {r['family']} | {label(r)} | "
                      f"{r['images_per_s']:.0f} | {r['ratio']:.2f}x |")
     return '\n'.join(lines)
 
@@ -318,7 +362,7 @@ def bench_detectors(args, device):
     from mmengine.config import Config
     rows = []
     for family in args.families:
-        for method in args.methods:
+        for method, mode in measured(args):
             part = family if method == 'static' else f'{family}-{method}'
             folder = 'baseline' if method == 'static' else method.split(
                 '-')[0]
@@ -329,8 +373,7 @@ def bench_detectors(args, device):
             torch.manual_seed(0)
             model = in_memory_format(
                 initialised(MODELS.build(cfg.model)).to(device), args)
-            if args.compile:
-                model.backbone = torch.compile(model.backbone)
+            model.backbone = speed_mode(model.backbone, args, mode)
             data = detector_inputs(model, 2, *args.shape, device,
                                    args.detector == 'mask-rcnn')
             single = detector_inputs(model, 1, *args.shape, device, False)
@@ -371,30 +414,32 @@ def bench_detectors(args, device):
 
                 restore = backbone_autocast(model, dtype) \
                     if dtype == torch.bfloat16 else (lambda: None)
-                row = dict(family=family, method=method, precision=precision,
+                row = dict(family=family, method=method, mode=mode,
+                           precision=precision,
                            train_ms=measure_ms(train_step, device,
-                                               args.warmup, args.reps),
-                           train_mem_mb=peak_memory_mb(train_step, device),
-                           infer_ms=measure_ms(infer, device, args.warmup,
-                                               args.reps),
-                           infer_mem_mb=peak_memory_mb(infer, device))
+                                               args.warmup, args.reps))
+                row['train_mem_mb'], row['train_reserved_mb'] = \
+                    peak_memory_mb(train_step, device)
+                row['infer_ms'] = measure_ms(infer, device, args.warmup,
+                                             args.reps)
+                row['infer_mem_mb'], row['infer_reserved_mb'] = \
+                    peak_memory_mb(infer, device)
                 if args.profile:
                     row['profile'] = profile_step(train_step, device,
                                                   args.profile)
                 restore()
                 row['all_losses_finite'] = all(finite)
                 rows.append(row)
-                print(f"{family} {method} {precision}: train "
+                print(f"{family} {label(row)} {precision}: train "
                       f"{row['train_ms']:.1f} ms {row['train_mem_mb']:.0f} "
                       f"MiB, inference {row['infer_ms']:.1f} ms, losses "
                       f"finite: {row['all_losses_finite']}", file=sys.stderr)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     for row in rows:
-        static = next(r for r in rows if r['family'] == row['family'] and
-                      r['method'] == 'static'
-                      and r['precision'] == row['precision'])
-        for key in ('train_ms', 'train_mem_mb', 'infer_ms', 'infer_mem_mb'):
+        static = reference(rows, row, precision=row['precision'])
+        for key in ('train_ms', 'train_mem_mb', 'train_reserved_mb',
+                    'infer_ms', 'infer_mem_mb', 'infer_reserved_mb'):
             row[key.replace('_ms', '_ratio').replace('_mb', '_ratio')] = \
                 row[key] / static[key]
     return dict(rows=rows)
@@ -437,7 +482,7 @@ def profile_tables(result) -> str:
             continue
         prof = r['profile']
         lines += [
-            f"\nprofile, training step: {r['family']} {r['method']} "
+            f"\nprofile, training step: {r['family']} {label(r)} "
             f"{r['precision']}: {prof['kernels']} kernels, "
             f"{prof['total_ms']:.1f} ms", '',
             '| operator / kernel | self ms | calls |', '|---|---|---|'
@@ -452,16 +497,17 @@ def detector_table(result, detector) -> str:
         f'\n{detector}: training step (2 images) and inference (1 image), '
         'ratio to the static backbone', '',
         '| backbone | method | precision | train step | train peak memory '
-        '| inference | inference peak memory | losses finite |',
-        '|---|---|---|---|---|---|---|---|'
+        '(reserved) | inference | inference peak memory (reserved) | '
+        'losses finite |', '|---|---|---|---|---|---|---|---|'
     ]
     for r in result['rows']:
         lines.append(
-            f"| {r['family']} | {r['method']} | {r['precision']} | "
-            f"{r['train_ms']:.0f} ms ({r['train_ratio']:.2f}x) | "
-            f"{r['train_mem_ratio']:.2f}x | {r['infer_ms']:.0f} ms "
-            f"({r['infer_ratio']:.2f}x) | {r['infer_mem_ratio']:.2f}x | "
-            f"{'yes' if r['all_losses_finite'] else 'NO'} |")
+            f"| {r['family']} | {label(r)} | {r['precision']} | "
+            f"{r['train_ms']:.1f} ms ({r['train_ratio']:.2f}x) | "
+            f"{r['train_mem_ratio']:.2f}x ({r['train_reserved_ratio']:.2f}x) "
+            f"| {r['infer_ms']:.1f} ms ({r['infer_ratio']:.2f}x) | "
+            f"{r['infer_mem_ratio']:.2f}x ({r['infer_reserved_ratio']:.2f}x) "
+            f"| {'yes' if r['all_losses_finite'] else 'NO'} |")
     return '\n'.join(lines)
 
 
@@ -501,17 +547,28 @@ def parse_args(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in channels-last memory '
                         'format (static ones too)')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='every backbone (static too) replays CUDA '
+                        'graphs; backbones and detectors only')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile every backbone (static too); '
                         'backbones and detectors only')
+    parser.add_argument('--compile-mode', default='default',
+                        choices=['default', 'reduce-overhead',
+                                 'max-autotune'],
+                        help='the mode of --compile')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='detectors: profile one training step, and '
                         'list its N most expensive kernels and its kernel '
                         'count')
     parser.add_argument('--out', help='write the results to this JSON file')
     args = parser.parse_args(argv)
-    if args.compile and args.what == 'layers':
-        parser.error('--compile: for backbones and detectors only')
+    if args.compile and args.cuda_graph:
+        parser.error('--compile and --cuda-graph: one speed mode per run')
+    for flag in ('compile', 'cuda_graph'):
+        if getattr(args, flag) and args.what == 'layers':
+            parser.error(f"--{flag.replace('_', '-')}: for backbones and "
+                         'detectors only')
     if args.profile and args.what != 'detectors':
         parser.error('--profile: for detectors only')
     batch, shape = DEFAULTS[args.what]
@@ -552,6 +609,8 @@ def main(argv=None):
                   shape=list(args.shape), torch=torch.__version__,
                   per_sample=args.per_sample,
                   channels_last=args.channels_last, compile=args.compile,
+                  compile_mode=args.compile_mode,
+                  cuda_graph=args.cuda_graph,
                   command=' '.join(['python', 'tools/analysis_tools/'
                                     'benchmark.py'] + (argv or sys.argv[1:])))
     print(f'# {device_name}, torch {torch.__version__}')
