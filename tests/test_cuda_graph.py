@@ -170,6 +170,21 @@ def test_arena_views_keep_strides_and_alignment():
     assert (vb.data_ptr() - arena.data.data_ptr()) % cg._Arena.ALIGN == 0
 
 
+def test_parameters_as_new_leaves():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    model[1].weight = model[0].bias  # shared: one leaf for both
+    model[0].weight.requires_grad_(False)
+    originals = list(model.parameters())
+    with cg._parameters_as_new_leaves(model) as leaves:
+        inside = list(model.parameters())
+        assert len(leaves) == 3 and model[1].weight is model[0].bias
+        for original, leaf in zip(originals, inside):
+            assert leaf is not original and leaf.is_leaf
+            assert leaf.data_ptr() == original.data_ptr()
+            assert leaf.requires_grad == original.requires_grad
+    assert list(model.parameters()) == originals
+
+
 # --------------------------------------------------------- configuration
 
 

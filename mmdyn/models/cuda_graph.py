@@ -24,13 +24,14 @@ graph; the outputs are cropped back to what the unpadded input gives. The
 padding changes the numbers slightly (dynamic layers pool over the whole
 padded image), so it is off by default.
 """
+import contextlib
 import gc
 import math
 import warnings
 import weakref
 from collections import Counter, OrderedDict
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -161,8 +162,11 @@ class ShapeGraph:
         buffers = list(module.buffers())
         saved = [b.clone() for b in buffers]
         try:
-            self._capture(forward, example, with_backward, owner)
+            with _parameters_as_new_leaves(module) as leaves:
+                self.leaves = [leaves[id(p)] for p in self.params]
+                self._capture(forward, example, with_backward, owner)
         finally:
+            self.__dict__.pop('leaves', None)
             with torch.no_grad():  # warm-ups and capture take no step
                 for buffer, value in zip(buffers, saved):
                     buffer.copy_(value)
@@ -180,11 +184,15 @@ class ShapeGraph:
         self._fill_input(example)
         self.static_input.requires_grad_(need_input_grad)
 
-        autocast = _autocast_context(device)
-        grad_mode = torch.set_grad_enabled(with_backward)
+        def autocast():
+            return _autocast_context(device)
+
+        def grad_mode():
+            return torch.set_grad_enabled(with_backward)
+
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream), autocast, grad_mode:
+        with torch.cuda.stream(stream), autocast(), grad_mode():
             for _ in range(owner.warmup_iters):
                 outputs = _flatten(forward(self.static_input))
                 if with_backward:
@@ -201,7 +209,7 @@ class ShapeGraph:
         self.forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, pool=owner.pool,
                               capture_error_mode=CAPTURE_ERROR_MODE), \
-                autocast, grad_mode:
+                autocast(), grad_mode():
             result = forward(self.static_input)
             outputs = _flatten(result)
             with torch.no_grad():
@@ -242,7 +250,7 @@ class ShapeGraph:
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
                  if o.requires_grad]
         inputs = ([self.static_input] if self.static_input.requires_grad else
-                  []) + self.params
+                  []) + self.leaves
         return torch.autograd.grad([o for o, _ in pairs],
                                    inputs,
                                    grad_outputs=[g for _, g in pairs],
@@ -280,6 +288,30 @@ class ShapeGraph:
         # into .grad (or adds it there), so the buffers stay the graph's
         return grad_input, [g if has else None
                             for g, has in zip(self.param_grads, grads)]
+
+
+@contextlib.contextmanager
+def _parameters_as_new_leaves(module: nn.Module) -> Iterator[dict]:
+    """While capturing, every parameter is swapped for a new leaf on the
+    same memory (yields them by the original's id). A parameter's own
+    autograd node may be alive from earlier (an autograd graph kept by a
+    tensor, DDP's hooks) and tied to the stream it was made on; the capture
+    would then synchronise with that stream, which breaks it."""
+    leaves, swapped = {}, []
+    for owner in module.modules():
+        for name, param in owner._parameters.items():
+            if param is not None:
+                if id(param) not in leaves:
+                    leaves[id(param)] = nn.Parameter(
+                        param.detach(), requires_grad=param.requires_grad)
+                swapped.append((owner, name, param))
+    for owner, name, param in swapped:
+        owner._parameters[name] = leaves[id(param)]
+    try:
+        yield leaves
+    finally:
+        for owner, name, param in swapped:
+            owner._parameters[name] = param
 
 
 def _region(size) -> tuple:
