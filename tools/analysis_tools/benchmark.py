@@ -360,6 +360,8 @@ def backbone_autocast(model, dtype):
 def bench_detectors(args, device):
     from mmdet.registry import MODELS
     from mmengine.config import Config
+
+    from mmdyn.models import get_cuda_graph
     rows = []
     for family in args.families:
         for method, mode in measured(args):
@@ -429,11 +431,17 @@ def bench_detectors(args, device):
                                                   args.profile)
                 restore()
                 row['all_losses_finite'] = all(finite)
+                graphs = get_cuda_graph(getattr(model.backbone, '_orig_mod',
+                                                model.backbone))
+                if graphs is not None:  # how often it replayed, captured
+                    row['cuda_graph_stats'] = dict(graphs.stats)
                 rows.append(row)
                 print(f"{family} {label(row)} {precision}: train "
                       f"{row['train_ms']:.1f} ms {row['train_mem_mb']:.0f} "
                       f"MiB, inference {row['infer_ms']:.1f} ms, losses "
-                      f"finite: {row['all_losses_finite']}", file=sys.stderr)
+                      f"finite: {row['all_losses_finite']}"
+                      f"{', ' + str(row.get('cuda_graph_stats', ''))}",
+                      file=sys.stderr)
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
     for row in rows:
