@@ -287,6 +287,7 @@ def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
         assert_close_all(grads_of(graphed, actual, weights),
                          grads_of(eager, expected, weights), **tol)
     assert runner.stats == {'captures': 2, 'replays': 3}
+    assert runner.memory_bytes() == 0  # the stand-in holds no device memory
     # BatchNorm buffers (attention ones included) took the same steps
     assert_close_all(list(graphed.buffers()), list(eager.buffers()), **tol)
 
@@ -510,3 +511,49 @@ def test_gpu_static_memory_does_not_grow_per_shape():
     # smaller shapes reuse the pool and the static buffers of the largest
     assert torch.cuda.memory_reserved() <= reserved * 1.1
     assert runner.stats['captures'] == 4
+    params = sum(p.numel() * 4 for p in trainable(graphed))
+    assert runner.memory_bytes() > params  # pool, buffers, gradients
+
+
+def _ddp_worker(rank, port, result_file):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2)
+    torch.cuda.set_device(0)  # both processes on one GPU
+    trained = {}
+    for graphs in (False, True):
+        model = build('odconv-1x', 'cuda', norm_eval=False)
+        if graphs:
+            enable_cuda_graph(model)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        generator = torch.Generator().manual_seed(rank)
+        ddp.train()
+        for _ in range(3):
+            x = torch.randn(2, 3, 64, 96, generator=generator).cuda()
+            optimizer.zero_grad()
+            sum(o.square().mean() for o in ddp(x)).backward()
+            optimizer.step()
+        trained[graphs] = [p.detach().cpu() for p in model.parameters()]
+        stats = get_cuda_graph(model).stats if graphs else None
+    same = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+               for a, b in zip(trained[False], trained[True]))
+    if rank == 0:
+        torch.save(dict(same=same, stats=dict(stats)), result_file)
+    dist.destroy_process_group()
+
+
+@needs_cuda
+def test_gpu_ddp_two_processes(tmp_path):
+    """DDP (gloo, two processes sharing the GPU): the graphed backbone
+    trains to the same weights as the eager one, averaging gradients."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    result = tmp_path / 'result.pt'
+    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(result)),
+                                nprocs=2)
+    result = torch.load(result)
+    assert result['same']
+    assert result['stats'] == {'captures': 1, 'replays': 3}

@@ -445,6 +445,19 @@ class CUDAGraphForward:
         self.grad_buffers.clear()
         self.pool = None
 
+    def memory_bytes(self) -> int:
+        """Device memory the graphs hold: their pool (reserved for the
+        activations of the captured forward and backward) and the static
+        buffers (inputs, outputs, parameter gradients)."""
+        total = sum(a.data.numel() for a in self.arenas.values()) + sum(
+            b.numel() * b.element_size() for b in self.grad_buffers.values())
+        if self.pool is not None:
+            total += sum(segment['total_size']
+                         for segment in torch.cuda.memory_snapshot()
+                         if tuple(segment.get('segment_pool_id', ()))
+                         == tuple(self.pool))
+        return total
+
     # copies (deepcopy, pickle) start without graphs
     def __getstate__(self) -> dict:
         return dict(module=self.module, size_divisor=self.size_divisor,

@@ -28,9 +28,12 @@ replay CUDA graphs: :func:`mmdyn.enable_cuda_graph`) and ``--compile``
 method, the static one too, and the eager static model is measured as well:
 it stays the reference of every ratio.
 
-Peak memory is what tensors held at most (``max_memory_allocated``); with
-``--cuda-graph`` the graphs' memory pool is reserved but not counted there,
-so the tables also give the peak of reserved memory.
+Detectors are all built first and their steps timed in turns, so that a
+machine that changes speed during the run changes it for all alike. The
+memory of a step is its peak of allocated memory above what was allocated
+before it. With ``--cuda-graph``, the activations live in the graphs' pool,
+reserved rather than allocated: the tables give what the graphs hold (pool
+and static buffers) in a column of its own.
 
 Times are medians of ``--reps`` runs after ``--warmup``, from CUDA events
 (``time.perf_counter`` on a CPU); every ratio is to the static model timed
@@ -71,6 +74,18 @@ LAYERS = {  # name -> (layer type, extra arguments)
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
+def measure_in_turns(fns, device, warmup: int, reps: int) -> list:
+    """Median times of several functions, called in turns."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, mine in zip(fns, times):
+            mine.append(measure_ms(fn, device, 0, 1))
+    return [statistics.median(t) for t in times]
+
+
 def measure_ms(fn, device, warmup: int, reps: int) -> float:
     """Median wall time of ``fn()`` in milliseconds."""
     for _ in range(warmup):
@@ -94,16 +109,18 @@ def measure_ms(fn, device, warmup: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def peak_memory_mb(fn, device) -> tuple:
-    """Peak allocated and peak reserved memory of one call of ``fn``."""
+def step_memory_mb(fn, device) -> float:
+    """Memory one call of ``fn`` needs on top of what was allocated before
+    it (the model, its optimizer state, other models): its peak of
+    allocated memory, minus what was allocated when it began."""
     if device.type != 'cuda':
-        return float('nan'), float('nan')
+        return float('nan')
     torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) / 2**20,
-            torch.cuda.max_memory_reserved(device) / 2**20)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def speed_mode_name(args) -> str:
@@ -357,12 +374,11 @@ def backbone_autocast(model, dtype):
     return lambda: delattr(model, 'extract_feat')
 
 
-def bench_detectors(args, device):
+def build_detectors(args, device) -> list:
+    """Every detector to measure, with its inputs and initial weights."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
-
-    from mmdyn.models import get_cuda_graph
-    rows = []
+    built = []
     for family in args.families:
         for method, mode in measured(args):
             part = family if method == 'static' else f'{family}-{method}'
@@ -376,78 +392,98 @@ def bench_detectors(args, device):
             model = in_memory_format(
                 initialised(MODELS.build(cfg.model)).to(device), args)
             model.backbone = speed_mode(model.backbone, args, mode)
-            data = detector_inputs(model, 2, *args.shape, device,
-                                   args.detector == 'mask-rcnn')
-            single = detector_inputs(model, 1, *args.shape, device, False)
-            initial = copy.deepcopy(model.state_dict())
-            for precision in args.precision:
-                # every precision trains from the same weights: its
-                # finiteness is then its own, not that of the steps the
-                # precisions before it took on the same batch
-                model.load_state_dict(initial)
-                optimizer = torch.optim.SGD(model.parameters(), lr=1e-4,
-                                            momentum=0.9)
-                dtype = PRECISIONS[precision]
-                scaler = torch.amp.GradScaler(
-                    device.type, enabled=dtype == torch.float16)
-                finite = []
+            built.append(dict(
+                family=family, method=method, mode=mode, model=model,
+                data=detector_inputs(model, 2, *args.shape, device,
+                                     args.detector == 'mask-rcnn'),
+                single=detector_inputs(model, 1, *args.shape, device, False),
+                initial=copy.deepcopy(model.state_dict())))
+    return built
 
-                def autocast():
-                    # mmcv 2.1's RoIAlign has no bfloat16 kernel: bf16 runs
-                    # the backbone (and neck) only, see backbone_autocast
-                    return torch.autocast(device.type, dtype=dtype) \
-                        if dtype == torch.float16 else nullcontext()
 
-                def train_step():
-                    model.train()
-                    with autocast():
-                        losses = model(**data, mode='loss')
-                    loss, _ = model.parse_losses(losses)
-                    optimizer.zero_grad()
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    finite.append(bool(torch.isfinite(loss)))
+class DetectorSteps:
+    """A training step and an inference of one detector in one precision
+    (autocast; fp16 training with a gradient scaler; bf16 on backbone and
+    neck only, as mmcv 2.1's RoIAlign has no bfloat16 kernel)."""
 
-                def infer():
-                    model.eval()
-                    with torch.no_grad(), autocast():
-                        model(**single, mode='predict')
+    def __init__(self, entry: dict, precision: str, device) -> None:
+        self.model, self.data = entry['model'], entry['data']
+        self.single = entry['single']
+        # every precision trains from the same weights: its finiteness is
+        # then its own, not that of the steps the precisions before it took
+        self.model.load_state_dict(entry['initial'])
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4,
+                                         momentum=0.9)
+        self.dtype = PRECISIONS[precision]
+        self.device = device
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.dtype == torch.float16)
+        self.finite = []
+        self.restore = backbone_autocast(self.model, self.dtype) \
+            if self.dtype == torch.bfloat16 else (lambda: None)
 
-                restore = backbone_autocast(model, dtype) \
-                    if dtype == torch.bfloat16 else (lambda: None)
-                row = dict(family=family, method=method, mode=mode,
-                           precision=precision,
-                           train_ms=measure_ms(train_step, device,
-                                               args.warmup, args.reps))
-                row['train_mem_mb'], row['train_reserved_mb'] = \
-                    peak_memory_mb(train_step, device)
-                row['infer_ms'] = measure_ms(infer, device, args.warmup,
-                                             args.reps)
-                row['infer_mem_mb'], row['infer_reserved_mb'] = \
-                    peak_memory_mb(infer, device)
-                if args.profile:
-                    row['profile'] = profile_step(train_step, device,
-                                                  args.profile)
-                restore()
-                row['all_losses_finite'] = all(finite)
-                graphs = get_cuda_graph(getattr(model.backbone, '_orig_mod',
-                                                model.backbone))
-                if graphs is not None:  # how often it replayed, captured
-                    row['cuda_graph_stats'] = dict(graphs.stats)
-                rows.append(row)
-                print(f"{family} {label(row)} {precision}: train "
-                      f"{row['train_ms']:.1f} ms {row['train_mem_mb']:.0f} "
-                      f"MiB, inference {row['infer_ms']:.1f} ms, losses "
-                      f"finite: {row['all_losses_finite']}"
-                      f"{', ' + str(row.get('cuda_graph_stats', ''))}",
-                      file=sys.stderr)
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) \
+            if self.dtype == torch.float16 else nullcontext()
+
+    def train_step(self):
+        self.model.train()
+        with self.autocast():
+            losses = self.model(**self.data, mode='loss')
+        loss, _ = self.model.parse_losses(losses)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.finite.append(bool(torch.isfinite(loss)))
+
+    def infer(self):
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            self.model(**self.single, mode='predict')
+
+
+def bench_detectors(args, device):
+    """Every detector is built first; the steps are then timed in turns
+    (one of each, again and again), so that a machine that speeds up or
+    slows down during the run does so for all of them alike."""
+    from mmdyn.models import get_cuda_graph
+    built = build_detectors(args, device)
+    rows = []
+    for precision in args.precision:
+        steps = [DetectorSteps(entry, precision, device) for entry in built]
+        train_ms = measure_in_turns([s.train_step for s in steps], device,
+                                    args.warmup, args.reps)
+        infer_ms = measure_in_turns([s.infer for s in steps], device,
+                                    args.warmup, args.reps)
+        for entry, step, train, infer in zip(built, steps, train_ms,
+                                             infer_ms):
+            graphs = get_cuda_graph(getattr(entry['model'].backbone,
+                                            '_orig_mod',
+                                            entry['model'].backbone))
+            row = dict(family=entry['family'], method=entry['method'],
+                       mode=entry['mode'], precision=precision,
+                       train_ms=train, infer_ms=infer,
+                       train_mem_mb=step_memory_mb(step.train_step, device),
+                       infer_mem_mb=step_memory_mb(step.infer, device))
+            if args.profile:
+                row['profile'] = profile_step(step.train_step, device,
+                                              args.profile)
+            step.restore()
+            row['all_losses_finite'] = all(step.finite)
+            if graphs is not None:  # how often it captured and replayed
+                row['cuda_graph_stats'] = dict(graphs.stats)
+                row['cuda_graph_mb'] = graphs.memory_bytes() / 2**20
+            rows.append(row)
+            print(f"{row['family']} {label(row)} {precision}: train "
+                  f"{train:.1f} ms {row['train_mem_mb']:.0f} MiB, inference "
+                  f"{infer:.1f} ms, losses finite: "
+                  f"{row['all_losses_finite']}"
+                  f"{', ' + str(row.get('cuda_graph_stats', ''))}",
+                  file=sys.stderr)
     for row in rows:
         static = reference(rows, row, precision=row['precision'])
-        for key in ('train_ms', 'train_mem_mb', 'train_reserved_mb',
-                    'infer_ms', 'infer_mem_mb', 'infer_reserved_mb'):
+        for key in ('train_ms', 'train_mem_mb', 'infer_ms', 'infer_mem_mb'):
             row[key.replace('_ms', '_ratio').replace('_mb', '_ratio')] = \
                 row[key] / static[key]
     return dict(rows=rows)
@@ -504,18 +540,19 @@ def detector_table(result, detector) -> str:
     lines = [
         f'\n{detector}: training step (2 images) and inference (1 image), '
         'ratio to the static backbone', '',
-        '| backbone | method | precision | train step | train peak memory '
-        '(reserved) | inference | inference peak memory (reserved) | '
-        'losses finite |', '|---|---|---|---|---|---|---|---|'
+        '| backbone | method | precision | train step | train step memory '
+        '| inference | inference memory | CUDA graphs hold | losses finite |',
+        '|---|---|---|---|---|---|---|---|---|'
     ]
     for r in result['rows']:
+        graphs = f"{r['cuda_graph_mb']:.0f} MiB" if 'cuda_graph_mb' in r \
+            else '-'
         lines.append(
             f"| {r['family']} | {label(r)} | {r['precision']} | "
             f"{r['train_ms']:.1f} ms ({r['train_ratio']:.2f}x) | "
-            f"{r['train_mem_ratio']:.2f}x ({r['train_reserved_ratio']:.2f}x) "
-            f"| {r['infer_ms']:.1f} ms ({r['infer_ratio']:.2f}x) | "
-            f"{r['infer_mem_ratio']:.2f}x ({r['infer_reserved_ratio']:.2f}x) "
-            f"| {'yes' if r['all_losses_finite'] else 'NO'} |")
+            f"{r['train_mem_ratio']:.2f}x | {r['infer_ms']:.1f} ms "
+            f"({r['infer_ratio']:.2f}x) | {r['infer_mem_ratio']:.2f}x | "
+            f"{graphs} | {'yes' if r['all_losses_finite'] else 'NO'} |")
     return '\n'.join(lines)
 
 
