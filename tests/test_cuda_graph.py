@@ -365,6 +365,21 @@ def test_states_get_their_own_graphs():
     assert len({key[4] for key in runner.graphs}) == 2  # with / without bwd
 
 
+def test_clear_looks_at_replaced_submodules():
+    eager, graphed, runner = twins('static')
+    eager.train()
+    graphed.train()
+    graphed(torch.randn(2, 3, 32, 32))
+    graphed.layer4[0].conv2 = eager.layer4[0].conv2 = nn.Conv2d(
+        64, 64, 3, padding=1, bias=False)
+    runner.clear()
+    x = torch.randn(2, 3, 32, 32)
+    weights = [torch.randn_like(o) for o in eager(x)]
+    actual = grads_of(graphed, graphed(x), weights)
+    assert_close_all(actual, grads_of(eager, eager(x), weights), rtol=1e-5,
+                     atol=1e-6)
+
+
 def test_moving_the_module_drops_its_graphs():
     _, graphed, runner = twins()
     graphed(torch.randn(2, 3, 32, 32))
@@ -511,8 +526,9 @@ def test_gpu_static_memory_does_not_grow_per_shape():
     # smaller shapes reuse the pool and the static buffers of the largest
     assert torch.cuda.memory_reserved() <= reserved * 1.1
     assert runner.stats['captures'] == 4
-    params = sum(p.numel() * 4 for p in trainable(graphed))
-    assert runner.memory_bytes() > params  # pool, buffers, gradients
+    static = sum(a.data.numel() for a in runner.arenas.values()) + sum(
+        p.numel() * 4 for p in trainable(graphed))
+    assert runner.memory_bytes() > static  # the pool is counted too
 
 
 def _ddp_worker(rank, port, result_file):

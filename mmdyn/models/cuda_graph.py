@@ -372,10 +372,12 @@ class CUDAGraphForward:
 
     A graph is captured per (input shape rounded up to ``size_divisor``,
     dtype, grad mode, autocast, module state); the module state covers
-    every submodule's train / eval mode and identity, which parameters
-    require grad, where parameters and buffers live (moving the module
-    drops its graphs) and the settings dynamic layers read in Python
-    (``cuda_graph_key()``, e.g. their temperature).
+    every submodule's train / eval mode, which parameters require grad,
+    where the parameters live (moving the module drops its graphs) and the
+    settings dynamic layers read in Python (``cuda_graph_key()``, e.g.
+    their temperature). The submodules themselves are looked at on the
+    first call and at every train / eval switch: after replacing one, call
+    :meth:`clear`.
 
     Eager calls, counted by reason in :attr:`stats`: inputs not on a CUDA
     device; under ``torch.compile``, tracing or another capture; a second
@@ -439,11 +441,13 @@ class CUDAGraphForward:
 
     def clear(self) -> None:
         """Drop every graph and static buffer (they are captured again as
-        needed)."""
+        needed), and look at the module's submodules and parameters anew:
+        call it after replacing a submodule."""
         self.graphs.clear()
         self.arenas.clear()
         self.grad_buffers.clear()
         self.pool = None
+        self._structure = None
 
     def memory_bytes(self) -> int:
         """Device memory the graphs hold: their pool (reserved for the
@@ -595,7 +599,7 @@ class CUDAGraphForward:
         if pointers != self._pointers:
             # moved or replaced tensors: graphs would read stale memory
             self.clear()
-            self._pointers = pointers
+            self._structure, self._pointers = structure, pointers
         backends = (torch.backends.cudnn.allow_tf32,
                     torch.backends.cuda.matmul.allow_tf32,
                     torch.backends.cudnn.deterministic,
