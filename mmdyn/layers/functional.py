@@ -14,11 +14,22 @@ def global_avg_pool(x: Tensor,
                     dtype: Optional[torch.dtype] = None) -> Tensor:
     """Mean over H and W as (B, C), in ``dtype`` (default: x's).
     Half-precision inputs are accumulated in float32, so large activations
-    cannot overflow the sum."""
+    cannot overflow the sum.
+
+    When ``x`` needs a gradient the mean is taken as a sum scaled on the
+    pooled vector: the gradient of a sum is a broadcast view of the pooled
+    gradient, where that of ``mean`` writes a full-size tensor (one pass
+    over the activations per layer, which a dynamic backbone pays at every
+    layer)."""
     dtype = x.dtype if dtype is None else dtype
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.mean(dim=(2, 3), dtype=torch.float32).to(dtype)
-    return x.mean(dim=(2, 3)).to(dtype)
+    accumulate = torch.float32 if x.dtype in (torch.float16,
+                                              torch.bfloat16) else x.dtype
+    if x.requires_grad:
+        pooled = x.sum(dim=(2, 3), dtype=accumulate)
+        pooled = pooled * (1.0 / (x.shape[2] * x.shape[3]))
+    else:
+        pooled = x.mean(dim=(2, 3), dtype=accumulate)
+    return pooled.to(dtype)
 
 
 def attention_branch(branch: Callable) -> Callable:
