@@ -52,10 +52,9 @@ def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
+    if bn.bias is None:
+        return scale, -bn.running_mean * scale
+    return scale, torch.addcmul(bn.bias, bn.running_mean, scale, value=-1)
 
 
 def _norm_1d_cfg(norm_cfg: dict) -> dict:
@@ -245,21 +244,29 @@ class DCDConv2d(DynamicConv2d):
         """Eq. 4 of the DCD paper as one kernel per sample, with the
         BatchNorms as affine maps ``a * v + c``:
 
-        ``W = Lambda W0 + P (diag(a2) Phi + I) diag(a1) Q^T`` at the centre
-        tap, and the bias ``P ((diag(a2) Phi + I) c1 + c2)``.
+        ``W = Lambda W0 + M diag(a1) Q^T`` at the centre tap and the bias
+        ``M c1 + P c2``, where ``M = P (diag(a2) Phi + I)``.
         """
         a1, c1 = batch_norm_affine(self.bn1)
         a2, c2 = batch_norm_affine(self.bn2)
-        mix = a2[:, None] * dynamics.phi
-        mix.diagonal(dim1=1, dim2=2).add_(1.0)
+        batch = x.shape[0]
         p = self.p.weight.flatten(1)
-        residual = p @ (mix * a1) @ self.q.weight.flatten(1)
-        bias = (mix @ c1 + c2) @ p.t()
+        mixing = torch.baddbmm(p, (p * a2).expand(batch, *p.shape),
+                               dynamics.phi)
+        residual = mixing @ (a1[:, None] * self.q.weight.flatten(1))
+        bias = mixing @ c1 + p @ c2
         if self.bias is not None:
             bias = bias + self.bias
-        weight = dynamics.scale[:, :, None, None, None] * self.conv.weight
-        centre_h, centre_w = ((k - 1) // 2 for k in self.kernel_size)
-        weight[..., centre_h, centre_w] += residual
+        kh, kw = self.kernel_size
+        residual = residual.view(batch, self.out_channels, self.in_channels,
+                                 1, 1)
+        if (kh, kw) != (1, 1):
+            centre_h, centre_w = (kh - 1) // 2, (kw - 1) // 2
+            residual = F.pad(residual, (centre_w, kw - 1 - centre_w,
+                                        centre_h, kh - 1 - centre_h))
+        weight = torch.addcmul(residual,
+                               dynamics.scale[:, :, None, None, None],
+                               self.conv.weight)
         return self.per_sample(x, weight, bias.to(weight.dtype))
 
     def extra_repr(self) -> str:
