@@ -1,5 +1,7 @@
 """``MMDYN_TEST_DEVICE=cuda python -m pytest tests/test_layers.py`` runs the
-layer tests on a GPU: tensors and modules are then created there."""
+layer tests on a GPU: tensors and modules are then created there. A test
+module that sets ``KEEPS_DEFAULT_DEVICE = True`` names its devices itself
+and runs as it is."""
 import os
 
 import pytest
@@ -9,8 +11,8 @@ DEVICE = os.environ.get('MMDYN_TEST_DEVICE')
 
 
 @pytest.fixture(autouse=True)
-def _default_device():
-    if not DEVICE:
+def _default_device(request):
+    if not DEVICE or getattr(request.module, 'KEEPS_DEFAULT_DEVICE', False):
         yield
         return
     previous = torch.get_default_device()
