@@ -42,6 +42,23 @@ def test_backbones(tmp_path):
     assert result['per_sample'] == 'grouped' and not result['channels_last']
 
 
+def test_backbones_are_timed_in_turns(tmp_path, monkeypatch):
+    """A host that speeds up or slows down during the run does so for every
+    backbone alike: after the warmup, each round calls each model once."""
+    calls = []
+    measure = benchmark.measure_ms
+
+    def recording(fn, device, warmup, reps):
+        calls.append(fn)
+        return measure(fn, device, warmup, reps)
+
+    monkeypatch.setattr(benchmark, 'measure_ms', recording)
+    benchmark.main(['backbones', '--shape', '32', '32', '--batch', '1',
+                    '--methods', 'odconv-1x', *QUICK, '--reps', '3'])
+    assert len(calls) == 6 and calls[0] is not calls[1]
+    assert calls[0::2] == [calls[0]] * 3 and calls[1::2] == [calls[1]] * 3
+
+
 def test_speed_settings(tmp_path):
     from mmdyn.layers import DynamicConv2d
     try:

@@ -289,25 +289,30 @@ def layer_tables(result) -> str:
 
 
 def bench_backbones(args, device):
+    """The backbones of a family are built first and then timed in turns,
+    as the detectors are."""
     rows = []
     for family in args.families:
         x = in_memory_format(
             torch.randn(args.batch, 3, *args.shape, device=device), args)
+        infers = []
         for method, mode in measured(args):
             model = in_memory_format(
                 build_backbone(family, method).to(device), args)
             model.eval()
             model = speed_mode(model, args, mode)
 
-            def infer():
+            def infer(model=model):
                 with torch.no_grad():
                     model(x)
 
-            ms = measure_ms(infer, device, args.warmup, args.reps)
-            rows.append(dict(family=family, method=method, mode=mode, ms=ms,
-                             images_per_s=args.batch / ms * 1e3))
-            print(f'{family} {label(rows[-1])}: '
-                  f'{args.batch / ms * 1e3:.0f} img/s', file=sys.stderr)
+            infers.append(infer)
+            rows.append(dict(family=family, method=method, mode=mode))
+        times = measure_in_turns(infers, device, args.warmup, args.reps)
+        for row, ms in zip(rows[-len(infers):], times):
+            row.update(ms=ms, images_per_s=args.batch / ms * 1e3)
+            print(f'{family} {label(row)}: {row["images_per_s"]:.0f} img/s',
+                  file=sys.stderr)
     for row in rows:
         row['ratio'] = row['images_per_s'] / reference(
             rows, row)['images_per_s']
