@@ -108,3 +108,15 @@ def test_paper_rows_cover_the_24_configs():
     assert len(configs) == 24
     assert all(complexity_table.paper_row(c) for c in configs)
     assert complexity_table.paper_row('configs/demo/x_fpn_demo.py') is None
+
+
+def test_count_does_not_depend_on_grad_mode():
+    """Activations that need a gradient pool as a sum and a scaling, not a
+    mean; the count is that of inference either way."""
+    layer = ODConv2d(IN, OUT, 3, padding=1, kernel_num=4).eval()
+    x = torch.rand(1, IN, H, W)
+    counts = [count_flops(layer, (inp, )).total()
+              for inp in (x, x.clone().requires_grad_())]
+    with torch.no_grad():
+        counts.append(count_flops(layer, (x, )).total())
+    assert counts[0] == counts[1] == counts[2]

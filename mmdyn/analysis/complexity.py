@@ -52,13 +52,15 @@ def count_flops(model: nn.Module, inputs: Tuple[Tensor, ...]) -> FlopAnalyzer:
     describe: ODConv's channel and filter attentions applied to the
     activations, DCD's static conv and low-rank residual apart. (Where
     mmdyn folds them into per-sample kernels at run time, it computes the
-    same with fewer MAdds.)
+    same with fewer MAdds.) The trace runs without autograd, as inference
+    does: with gradients the attention pooling is a sum and a scaling
+    instead of a mean (see :func:`mmdyn.layers.functional.global_avg_pool`).
     """
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle(**DYNAMIC_CONV_FLOP_HANDLES)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    with _unfolded(model):
+    with _unfolded(model), torch.no_grad():
         analyzer.total()  # traces now; the analyzer keeps what it found
     return analyzer
 

@@ -24,7 +24,7 @@ def global_avg_pool(x: Tensor,
     dtype = x.dtype if dtype is None else dtype
     accumulate = torch.float32 if x.dtype in (torch.float16,
                                               torch.bfloat16) else x.dtype
-    if x.requires_grad:
+    if x.requires_grad and torch.is_grad_enabled():
         pooled = x.sum(dim=(2, 3), dtype=accumulate)
         pooled = pooled * (1.0 / (x.shape[2] * x.shape[3]))
     else:
