@@ -14,6 +14,7 @@ from .base import DynamicConv2d, IntOrPair
 from .conv_precision import pixelwise_matmul
 from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
                          soften)
+from .side_stream import SideStream
 
 
 class DCDDynamics(NamedTuple):
@@ -227,9 +228,9 @@ class DCDConv2d(DynamicConv2d):
         return super().cuda_graph_key() + (self.fold_max_batch, )
 
     def forward(self, x: Tensor) -> Tensor:
-        dynamics = self.dynamics(x)
         if self.can_fold() and self.folds_attentions(x):
-            return self._folded_conv(x, dynamics)
+            return self._folded_conv(x)
+        dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()
         latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))
@@ -240,23 +241,39 @@ class DCDConv2d(DynamicConv2d):
             out = out + self.bias[:, None, None]
         return out
 
-    def _folded_conv(self, x: Tensor, dynamics: DCDDynamics) -> Tensor:
+    def _folding_constants(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The parts of the folded kernel that depend on the parameters
+        alone: ``P diag(a2)``, ``diag(a1) Q^T``, ``c1`` and ``P c2`` (plus
+        the layer's bias)."""
+        a1, c1 = batch_norm_affine(self.bn1)
+        a2, c2 = batch_norm_affine(self.bn2)
+        p = self.p.weight.flatten(1)
+        bias = p @ c2
+        if self.bias is not None:
+            bias = bias + self.bias
+        return p * a2, a1[:, None] * self.q.weight.flatten(1), c1, bias
+
+    def _folded_conv(self, x: Tensor) -> Tensor:
         """Eq. 4 of the DCD paper as one kernel per sample, with the
         BatchNorms as affine maps ``a * v + c``:
 
         ``W = Lambda W0 + M diag(a1) Q^T`` at the centre tap and the bias
         ``M c1 + P c2``, where ``M = P (diag(a2) Phi + I)``.
+
+        The parameter-only parts are computed on a side stream while the
+        attention branch runs (:class:`SideStream`).
         """
-        a1, c1 = batch_norm_affine(self.bn1)
-        a2, c2 = batch_norm_affine(self.bn2)
+        side = SideStream(x.device)
+        with side:
+            constants = self._folding_constants()
+        dynamics = self.dynamics(x)
+        p_a2, q_a1, c1, static_bias = side.join(constants)
         batch = x.shape[0]
         p = self.p.weight.flatten(1)
-        mixing = torch.baddbmm(p, (p * a2).expand(batch, *p.shape),
+        mixing = torch.baddbmm(p, p_a2.expand(batch, *p.shape),
                                dynamics.phi)
-        residual = mixing @ (a1[:, None] * self.q.weight.flatten(1))
-        bias = mixing @ c1 + p @ c2
-        if self.bias is not None:
-            bias = bias + self.bias
+        residual = mixing @ q_a1
+        bias = mixing @ c1 + static_bias
         kh, kw = self.kernel_size
         residual = residual.view(batch, self.out_channels, self.in_channels,
                                  1, 1)
