@@ -1,9 +1,10 @@
 """Helpers shared by the dynamic backbones."""
+import inspect
 from typing import Union
 
 from torch import nn
 
-from ..cuda_graph import enable_cuda_graph
+from ..cuda_graph import CUDAGraphForward, enable_cuda_graph
 
 #: dynamic conv types whose attention branch has a norm layer
 _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
@@ -36,7 +37,10 @@ def check_stage_indices(name: str, kwargs: dict, num_stages: int) -> None:
                          f'{frozen!r}')
 
 
-_CUDA_GRAPH_KEYS = ('size_divisor', 'max_graphs', 'warmup_iters')
+#: the keys of a ``cuda_graph`` dict: the arguments of CUDAGraphForward
+_CUDA_GRAPH_KEYS = tuple(
+    name for name in inspect.signature(CUDAGraphForward).parameters
+    if name != 'module')
 
 
 def setup_cuda_graph(backbone: nn.Module, cuda_graph: Union[bool,
