@@ -9,6 +9,11 @@ import torch
 
 DEVICE = os.environ.get('MMDYN_TEST_DEVICE')
 
+# Without a GPU, mmdyn's Triton kernels are tested in Triton's CPU
+# interpreter; it is chosen when the kernels are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
 
 @pytest.fixture(autouse=True)
 def _default_device(request):

@@ -1,5 +1,6 @@
 """The layers and geometries the layer tests run over, and the comparison of
 a layer with its plain reference formulation (tests/reference.py)."""
+import pytest
 import torch
 
 from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
@@ -35,6 +36,15 @@ LAYERS = {
     # one conv per sample instead of the batch in the groups
     'odconv-4x-loop': (ODConv2d, odconv_reference,
                        dict(kernel_num=4, per_sample_conv='loop')),
+    # the fused Triton kernels (CUDA, or Triton's CPU interpreter); where
+    # they do not apply (grouped convs, BatchNorm in training) the layer
+    # runs as without them
+    'odconv-1x-triton': (ODConv2d, odconv_reference,
+                         dict(kernel_num=1, fold_attentions=True,
+                              triton_kernels=True)),
+    'odconv-4x-triton': (ODConv2d, odconv_reference,
+                         dict(kernel_num=4, fold_attentions=True,
+                              triton_kernels=True)),
     'dcd': (DCDConv2d, dcd_reference, dict()),
     # the static conv and the low-rank residual apart, in eval mode too
     'dcd-unfolded': (DCDConv2d, dcd_reference,
@@ -47,12 +57,33 @@ LAYERS = {
                       dict(kernel_num=3, per_sample_conv='loop')),
 }
 
-SPEED_SETTINGS = ('fold_attentions', 'per_sample_conv')
+SPEED_SETTINGS = ('fold_attentions', 'per_sample_conv', 'triton_kernels')
+
+
+def triton_runs_here() -> bool:
+    """Whether the fused Triton kernels can run in these tests: Triton is
+    installed, and the tests run on CUDA or in Triton's CPU interpreter
+    (which tests/conftest.py turns on where there is no GPU)."""
+    import os
+
+    from mmdyn.layers.triton_support import interpreting, triton_installed
+    if not triton_installed():
+        return False
+    if os.environ.get('MMDYN_TEST_DEVICE', '').startswith('cuda'):
+        return True
+    import triton
+    version = tuple(int(v) for v in triton.__version__.split('.')[:2])
+    # older interpreters cannot run a loop with a runtime bound on
+    # numpy >= 2.4
+    return interpreting() and version >= (3, 9)
 
 
 def make_layer(layer_name, geometry, bias=False, temperature=1.0,
                dtype=torch.float64, seed=0):
     cls, reference, extra = LAYERS[layer_name]
+    if extra.get('triton_kernels') and not triton_runs_here():
+        pytest.skip('needs Triton: on CUDA (MMDYN_TEST_DEVICE=cuda), or '
+                    'triton >= 3.9 for its CPU interpreter')
     in_ch, out_ch, kernel, stride, padding, dilation, groups = \
         GEOMETRIES[geometry]
     torch.manual_seed(seed)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .functional import per_sample_conv2d
+from .triton_support import interpreting, triton_installed
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -91,6 +92,14 @@ class DynamicConv2d(nn.Module):
     #: activations (False), or whichever touches fewer numbers (None). The
     #: result is the same; only the speed differs.
     fold_attentions: Optional[bool] = None
+
+    #: For layers with fused Triton kernels (ODConv; DCD in inference):
+    #: use them wherever they apply (:meth:`uses_triton`). None (the
+    #: default): on CUDA when Triton is installed; True: also on a CPU
+    #: through Triton's interpreter (``TRITON_INTERPRET=1``, for tests), and
+    #: an error without Triton; False: never. The result is the same up to
+    #: rounding.
+    triton_kernels: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -182,7 +191,44 @@ class DynamicConv2d(nn.Module):
     def cuda_graph_key(self) -> tuple:
         """The settings, read in Python, that choose the kernels forward
         launches (a captured CUDA graph holds for one value of them)."""
-        return (self.temperature, self.fold_attentions, self.per_sample_conv)
+        return (self.temperature, self.fold_attentions, self.per_sample_conv,
+                self.triton_kernels)
+
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether forward computes input ``x``'s per-sample kernels with
+        fused Triton kernels; layers without any say False."""
+        return False
+
+    def _triton_can_run(self, x: Tensor, params, branches) -> bool:
+        """What every fused path needs: :attr:`triton_kernels` allows it
+        for ``x``'s device, float32 or float64 input and ``params``
+        outside autocast, ``torch.compile`` and tracing, and no hooks on the
+        ``branches`` (modules whose forward the kernels stand in for)."""
+        choice = self.triton_kernels
+        if choice not in (None, True, False):
+            raise ValueError(
+                f'{type(self).__name__}: triton_kernels must be None, True or '
+                f'False, got {choice!r}')
+        if choice is False:
+            return False
+        if not triton_installed():
+            if choice:
+                raise RuntimeError(
+                    f'{type(self).__name__}: triton_kernels=True but Triton '
+                    'is not installed (pip install triton), or set '
+                    'triton_kernels=None to use it where available')
+            return False
+        if not (x.is_cuda or (choice and x.device.type == 'cpu'
+                              and interpreting())):
+            return False
+        return (x.dtype in (torch.float32, torch.float64)
+                and all(p.dtype == x.dtype for p in params)
+                and not torch.is_autocast_enabled(x.device.type)
+                and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing()
+                and not any(m._forward_hooks or m._forward_pre_hooks
+                            for branch in branches
+                            for m in branch.modules()))
 
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""

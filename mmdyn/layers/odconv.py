@@ -13,6 +13,7 @@ from .base import DynamicConv2d, IntOrPair, attention_width
 from .functional import (aggregate_kernels, attention_branch, global_avg_pool,
                          soften)
 from .kernel_bank import check_kernel_num, make_kernel_bank
+from .odconv_fused import MAX_ATTENTION_CHANNELS, FoldLayout, FusedODKernels
 
 
 class ODAttentions(NamedTuple):
@@ -181,7 +182,57 @@ class ODConv2d(DynamicConv2d):
         return {name: value for name, value in maps.items()
                 if value is not None}
 
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether forward computes the attentions and per-sample kernels
+        for input ``x`` with the fused Triton kernels
+        (:mod:`mmdyn.layers.odconv_fused`): where :attr:`triton_kernels`
+        allows it, for float32 and float64 outside autocast,
+        ``torch.compile`` and tracing, with the attention's BatchNorm using
+        running statistics (``norm_eval=True``), one group or a depthwise
+        conv, the attentions folded into the kernels
+        (:meth:`folds_attentions`) and no hooks on the attention branch."""
+        attention = self.attention
+        bn = attention.bn
+        return (self._triton_can_run(x, [self.weight, attention.fc.weight],
+                                     [attention])
+                and isinstance(bn, _BatchNorm) and not bn.training
+                and bn.running_mean is not None
+                and (self.groups == 1 or self.is_depthwise)
+                and attention.fc.out_channels <= MAX_ATTENTION_CHANNELS
+                and self.kernel_num <= 64
+                and self.folds_attentions(x))
+
+    def _fused_kernels(self, x: Tensor) -> Tensor:
+        """Per-sample kernels (B, out, in / groups, kh, kw) with every
+        attention folded in, from :class:`FusedODKernels`."""
+        att = self.attention
+        bn = att.bn
+        heads = [getattr(att, name, None) for name in att._HEADS]
+        layout = FoldLayout(
+            depthwise=self.is_depthwise,
+            channel=self.in_channels,
+            filter=0 if heads[1] is None else self.out_channels,
+            spatial=0 if heads[2] is None else heads[2].out_channels,
+            kernels=self.kernel_num,
+            out_channels=self.out_channels,
+            in_per_group=self.in_channels // self.groups,
+            taps=self.kernel_size[0] * self.kernel_size[1])
+        head_args = []
+        for head in heads:
+            head_args += [None, None] if head is None else [
+                head.weight.contiguous(), head.bias]
+        pooled = x.sum(dim=(2, 3))
+        return FusedODKernels.apply(
+            layout, pooled, x.shape[2] * x.shape[3], self.temperature,
+            att.fc.weight.contiguous(), bn.weight, bn.bias, bn.running_mean,
+            bn.running_var, bn.eps, *head_args, self.weight.contiguous())
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.uses_triton(x):
+            weight = self._fused_kernels(x)
+            bias = None if self.bias is None else self.bias.expand(
+                x.shape[0], self.out_channels)
+            return self.per_sample(x, weight, bias)
         attention = self.attention(x, self.temperature)
         fold = self.folds_attentions(x)
         static_kernel = attention.kernel is None and attention.spatial is None

@@ -1,0 +1,192 @@
+"""ODConv's attention branch and kernel fold as one autograd function: from
+the pooled input to the per-sample kernels in three Triton kernels, and back
+in three.
+
+Written with PyTorch operations, the branch and the fold of one layer launch
+about 14 kernels forward and 25 backward, each on a vector or a kernel-sized
+tensor; a ResNet-50 has 48 such layers, and on a GPU the chain of small
+kernels, not arithmetic, sets their time (Sec. "Speed" of the README). The
+kernels here (:mod:`mmdyn.layers.odconv_kernels`) compute
+
+- ``hidden_fwd``: ``h = relu(bn(fc(mean)))``, the BatchNorm as the affine
+  map of its running statistics;
+- ``gates_fwd``: the sigmoid channel, filter and spatial attentions and the
+  softmax kernel attention (Sec. 3.2 of the ODConv paper);
+- ``fold_fwd``: the per-sample kernels ``a_f a_c a_s sum_n a_w W_n``
+  (Eq. 2);
+
+and their backward in reverse (``fold_bwd``, ``heads_bwd``, ``hidden_bwd``),
+which reduce in a fixed order: the results do not depend on scheduling.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .triton_support import accumulator, cdiv, next_pow2
+
+#: Widest attention branch the backward kernel takes in one tile.
+MAX_ATTENTION_CHANNELS = 512
+#: Elements per tile of the fold kernels.
+_FOLD_TILE = 4096
+_HEAD_ROWS = 64
+
+
+class FoldLayout(NamedTuple):
+    """What the kernels need to know of a layer."""
+    depthwise: bool
+    channel: int  # NC: channel attention width (in_channels)
+    filter: int  # NF: out_channels, 0 without a filter attention
+    spatial: int  # NS: kh * kw, 0 without a spatial attention
+    kernels: int  # K: kernels in the bank
+    out_channels: int
+    in_per_group: int
+    taps: int  # kh * kw
+
+
+def _fold_tiles(layout: FoldLayout):
+    taps = next_pow2(layout.taps)
+    cols = 1 if layout.depthwise else min(
+        64 if layout.taps == 1 else 32, next_pow2(layout.in_per_group))
+    rows = max(1, min(_FOLD_TILE // (cols * taps),
+                      next_pow2(layout.out_channels)))
+    return rows, cols, taps
+
+
+class FusedODKernels(torch.autograd.Function):
+    """Pooled sums (B, C) -> per-sample kernels (B, O, C / groups, kh, kw).
+
+    Inputs after the layout: the pooled sums and the pixel count they sum;
+    the temperature; the attention's ``fc`` weight and BatchNorm (weight,
+    bias, running mean and variance, eps); weight and bias of the channel,
+    filter, spatial and kernel heads (None where absent); the kernel bank.
+    """
+
+    @staticmethod
+    def forward(ctx, layout: FoldLayout, pooled: Tensor, pixels: int,
+                temperature: float, fc_w: Tensor, bn_w: Optional[Tensor],
+                bn_b: Optional[Tensor], mean: Tensor, var: Tensor,
+                eps: float, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k,
+                bank: Tensor) -> Tensor:
+        from . import odconv_kernels as kernels
+        batch, channels = pooled.shape
+        width = fc_w.shape[0]
+        acc = accumulator(pooled.dtype)
+        dummy = bank
+        heads = [t if t is not None else dummy
+                 for t in (w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k)]
+        affine = bn_w is not None
+        u = pooled.new_empty(batch, width)
+        h = pooled.new_empty(batch, width)
+        kernels.hidden_fwd[(batch, cdiv(width, 32))](
+            pooled, pixels, fc_w, mean, var,
+            bn_w if affine else dummy, bn_b if affine else dummy, eps, u, h,
+            channels, width, HAS_AFFINE=affine, BA=32, BC=128, ACC=acc)
+        num_gates = layout.channel + layout.filter + layout.spatial + (
+            layout.kernels if layout.kernels > 1 else 0)
+        gates = pooled.new_empty(batch, num_gates)
+        head_cols = min(next_pow2(width), 128)
+        kernels.gates_fwd[(batch, _sigmoid_blocks(layout) +
+                           (layout.kernels > 1))](
+            h, *heads, gates, width, layout.channel, layout.filter,
+            layout.spatial, num_gates, temperature, NK=layout.kernels,
+            BJ=_HEAD_ROWS, BA=head_cols, ACC=acc)
+        out = bank.new_empty(batch, *bank.shape[1:])
+        rows, cols, taps = _fold_tiles(layout)
+        kernels.fold_fwd[(cdiv(layout.out_channels, rows),
+                          cdiv(layout.in_per_group, cols))](
+            gates, bank, out, batch, layout.out_channels,
+            layout.in_per_group, layout.taps, num_gates, layout.channel,
+            layout.filter, layout.spatial, NK=layout.kernels,
+            DEPTHWISE=layout.depthwise, HAS_FILTER=layout.filter > 0,
+            HAS_SPATIAL=layout.spatial > 0, BO=rows, BC=cols, BT=taps,
+            ACC=acc)
+        ctx.layout = layout
+        ctx.pixels, ctx.temperature, ctx.eps = pixels, temperature, eps
+        ctx.present = [t is not None for t in (w_c, b_c, w_f, b_f, w_s, b_s,
+                                               w_k, b_k)]
+        ctx.affine = affine
+        ctx.save_for_backward(pooled, fc_w, bn_w, mean, var, u, h, gates,
+                              bank, w_c, w_f, w_s, w_k)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        from . import odconv_kernels as kernels
+        (pooled, fc_w, bn_w, mean, var, u, h, gates, bank, w_c, w_f, w_s,
+         w_k) = ctx.saved_tensors
+        layout = ctx.layout
+        batch, channels = pooled.shape
+        width = fc_w.shape[0]
+        num_gates = gates.shape[1]
+        acc = accumulator(pooled.dtype)
+        dummy = bank
+        grad_out = grad_out.contiguous()
+
+        rows, cols, taps = _fold_tiles(layout)
+        row_tiles = cdiv(layout.out_channels, rows)
+        col_tiles = cdiv(layout.in_per_group, cols)
+        new = pooled.new_empty
+        part_f = new(batch, col_tiles, layout.out_channels)
+        part_c = new(batch, row_tiles, layout.in_per_group) \
+            if not layout.depthwise else dummy
+        part_s = new(batch, row_tiles * col_tiles, layout.spatial) \
+            if layout.spatial else dummy
+        part_w = new(batch, row_tiles * col_tiles, layout.kernels) \
+            if layout.kernels > 1 else dummy
+        grad_bank = torch.empty_like(bank)
+        kernels.fold_bwd[(row_tiles, col_tiles)](
+            gates, bank, grad_out, grad_bank, part_f, part_c, part_s, part_w,
+            batch, layout.out_channels, layout.in_per_group, layout.taps,
+            num_gates, layout.channel, layout.filter, layout.spatial,
+            NK=layout.kernels, DEPTHWISE=layout.depthwise,
+            HAS_FILTER=layout.filter > 0, HAS_SPATIAL=layout.spatial > 0,
+            BO=rows, BC=cols, BT=taps, ACC=acc)
+
+        heads = (w_c, w_f, w_s, w_k)
+        head_grads = [torch.empty_like(w) if w is not None else dummy
+                      for w in heads]
+        bias_grads = [new(w.shape[0]) if w is not None else dummy
+                      for w in heads]
+        blocks = _sigmoid_blocks(layout) + (layout.kernels > 1)
+        grad_logits = new(batch, num_gates)
+        part_h = new(blocks, batch, width)
+        kernels.heads_bwd[(blocks, )](
+            gates, h, *[w if w is not None else dummy for w in heads],
+            part_f, part_c, part_s, part_w, grad_logits, head_grads[0],
+            bias_grads[0], head_grads[1], bias_grads[1], head_grads[2],
+            bias_grads[2], head_grads[3], bias_grads[3], part_h, batch,
+            width, layout.out_channels, layout.channel, layout.filter,
+            layout.spatial, num_gates, row_tiles, col_tiles,
+            ctx.temperature, NK=layout.kernels, DEPTHWISE=layout.depthwise,
+            BJ=_HEAD_ROWS, BA=min(next_pow2(width), 64), BR=32, ACC=acc)
+
+        grad_fc_w = torch.empty_like(fc_w)
+        grad_pooled = torch.empty_like(pooled)
+        grad_bn_w = new(width) if ctx.affine else dummy
+        grad_bn_b = new(width) if ctx.affine else dummy
+        width_tile = next_pow2(width)
+        col_block = max(16, min(128, 8192 // width_tile))
+        kernels.hidden_bwd[(cdiv(channels, col_block), )](
+            part_h, blocks, pooled, ctx.pixels, u, h, fc_w, mean, var,
+            bn_w if ctx.affine else dummy, ctx.eps, grad_fc_w, grad_pooled,
+            grad_bn_w, grad_bn_b, batch, width, channels,
+            HAS_AFFINE=ctx.affine, BA=width_tile, BR=16, BC=col_block,
+            ACC=acc)
+
+        head_out = []
+        for present_w, present_b, w_grad, b_grad in zip(
+                ctx.present[0::2], ctx.present[1::2], head_grads,
+                bias_grads):
+            head_out += [w_grad if present_w else None,
+                         b_grad if present_b else None]
+        affine = ctx.affine
+        return (None, grad_pooled, None, None, grad_fc_w,
+                grad_bn_w if affine else None, grad_bn_b if affine else None,
+                None, None, None, *head_out, grad_bank)
+
+
+def _sigmoid_blocks(layout: FoldLayout) -> int:
+    return cdiv(layout.channel + layout.filter + layout.spatial, _HEAD_ROWS)

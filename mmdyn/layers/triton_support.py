@@ -1,0 +1,36 @@
+"""What mmdyn's fused Triton kernels share: whether Triton can run, and the
+small arithmetic of launching them."""
+import functools
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter
+    (``TRITON_INTERPRET=1``, read when the kernels are first imported)."""
+    return os.environ.get('TRITON_INTERPRET') == '1'
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def accumulator(dtype: torch.dtype):
+    """The Triton type the kernels accumulate in for inputs of ``dtype``:
+    float64 for float64, float32 otherwise."""
+    import triton.language as tl
+    return tl.float64 if dtype == torch.float64 else tl.float32
