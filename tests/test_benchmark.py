@@ -40,6 +40,7 @@ def test_backbones(tmp_path):
     assert dynamic['images_per_s'] > 0
     assert 'backbones --shape 32 32' in result['command']
     assert result['per_sample'] == 'grouped' and not result['channels_last']
+    assert result['triton'] == 'auto'
 
 
 def test_backbones_are_timed_in_turns(tmp_path, monkeypatch):
@@ -60,15 +61,19 @@ def test_backbones_are_timed_in_turns(tmp_path, monkeypatch):
 
 
 def test_speed_settings(tmp_path):
-    from mmdyn.layers import DynamicConv2d
+    from mmdyn.layers import DynamicConv2d, ODConv2d
     try:
         result = run(tmp_path, 'backbones', '--shape', '32', '32',
                      '--batch', '2', '--methods', 'condconv-8x',
-                     '--per-sample', 'loop', '--channels-last')
+                     '--per-sample', 'loop', '--channels-last', '--triton',
+                     'off')
         assert DynamicConv2d.per_sample_conv == 'loop'
+        assert ODConv2d.triton_kernels is False
     finally:
         DynamicConv2d.per_sample_conv = 'grouped'
+        ODConv2d.triton_kernels = None
     assert result['per_sample'] == 'loop' and result['channels_last']
+    assert result['triton'] == 'off'
     with pytest.raises(SystemExit):
         benchmark.parse_args(['layers', '--compile'])
 

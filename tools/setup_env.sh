@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up mmdyn on a fresh machine with Python >= 3.8 and no GPU: PyTorch
-# (CPU), mmcv 2.1.0 built from source with its compiled ops, mmengine,
-# mmdet, pycocotools and mmdyn itself (editable, with the test extras).
+# (CPU), mmcv 2.1.0 built from source with its compiled ops, Triton,
+# mmengine, mmdet, pycocotools and mmdyn itself (editable, with the test
+# extras).
 #
 # Installs into the Python that runs it (python3, or $PYTHON): activate a
 # virtual environment or conda env first to keep it apart. Whatever is
@@ -33,6 +34,16 @@ else
     pip_install "setuptools<70" wheel numpy ninja
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation mmcv==2.1.0
     "$PY" -c 'import mmcv, mmcv._ext' || { echo "mmcv was installed without its compiled ops" >&2; exit 1; }
+fi
+
+# Triton: on a GPU it runs mmdyn's fused ODConv kernels (CUDA PyTorch
+# brings its own, kept here); without one the tests run those kernels in
+# Triton's CPU interpreter, which needs triton >= 3.9 with numpy >= 2.4.
+if "$PY" -c 'import triton' 2>/dev/null; then
+    step "keeping the installed triton $("$PY" -c 'import triton; print(triton.__version__)')"
+else
+    step "installing triton (mmdyn's fused ODConv kernels; the tests run them in its CPU interpreter)"
+    pip_install "triton>=3.9"
 fi
 
 step "installing mmengine, mmdet, pycocotools and mmdyn (editable)"

@@ -21,7 +21,8 @@ is reported.
 how many kernels it launches and its N most expensive ones.
 
 Speed settings, to compare in separate runs: ``--per-sample loop`` (one
-conv per sample instead of the batch folded into the groups) and
+conv per sample instead of the batch folded into the groups),
+``--triton off`` (ODConv without its fused Triton kernels) and
 ``--channels-last`` apply to every model. ``--cuda-graph`` (backbones
 replay CUDA graphs: :func:`mmdyn.enable_cuda_graph`) and ``--compile``
 (``torch.compile`` of the backbone, in ``--compile-mode``) apply to every
@@ -594,6 +595,9 @@ def parse_args(argv=None):
                         choices=['grouped', 'loop'],
                         help='how per-sample kernels are applied (the '
                         'per_sample_conv of mmdyn.layers.DynamicConv2d)')
+    parser.add_argument('--triton', default='auto', choices=['auto', 'off'],
+                        help="ODConv's fused Triton kernels where they apply "
+                        '(the triton_kernels of mmdyn.layers.ODConv2d)')
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in channels-last memory '
                         'format (static ones too)')
@@ -638,8 +642,9 @@ def main(argv=None):
     init_default_scope('mmdet')
     # init_weights logs every parameter at INFO
     MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
-    from mmdyn.layers import DynamicConv2d
+    from mmdyn.layers import DynamicConv2d, ODConv2d
     DynamicConv2d.per_sample_conv = args.per_sample
+    ODConv2d.triton_kernels = None if args.triton == 'auto' else False
     device = torch.device(args.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
@@ -657,7 +662,7 @@ def main(argv=None):
         if device.type == 'cuda' else 'cpu'
     result.update(what=args.what, device=device_name, batch=args.batch,
                   shape=list(args.shape), torch=torch.__version__,
-                  per_sample=args.per_sample,
+                  per_sample=args.per_sample, triton=args.triton,
                   channels_last=args.channels_last, compile=args.compile,
                   compile_mode=args.compile_mode,
                   cuda_graph=args.cuda_graph,
