@@ -205,7 +205,7 @@ class DynamicConv2d(nn.Module):
         outside autocast, ``torch.compile`` and tracing, and no hooks on the
         ``branches`` (modules whose forward the kernels stand in for)."""
         choice = self.triton_kernels
-        if choice not in (None, True, False):
+        if choice is not None and not isinstance(choice, bool):
             raise ValueError(
                 f'{type(self).__name__}: triton_kernels must be None, True or '
                 f'False, got {choice!r}')
