@@ -12,6 +12,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .base import DynamicConv2d, IntOrPair
 from .conv_precision import pixelwise_matmul
+from .dcd_fused import (MAX_LATENT_DIM, MAX_SQUEEZE_CHANNELS,
+                        dcd_folded_kernels)
 from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
                          soften)
 from .side_stream import SideStream
@@ -227,7 +229,31 @@ class DCDConv2d(DynamicConv2d):
     def cuda_graph_key(self) -> tuple:
         return super().cuda_graph_key() + (self.fold_max_batch, )
 
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether forward computes input ``x``'s per-sample kernels with
+        the fused Triton kernels (:mod:`mmdyn.layers.dcd_fused`): for
+        inference (no gradient needed), where :attr:`triton_kernels` allows
+        it, for float32 and float64 outside autocast, ``torch.compile`` and
+        tracing, where the layer folds (:meth:`can_fold`,
+        :meth:`folds_attentions`), pools to 1x1 and has no hooks on its
+        dynamic branch."""
+        if not self._triton_can_run(
+                x, [self.conv.weight, self.fc_phi.weight, self.p.weight],
+                [self.fc, self.fc_phi, self.fc_scale]):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for p in self.parameters())):
+            return False
+        return (self.pool_size == 1 and self.can_fold()
+                and (self.bn1.weight is None) == (self.bn2.weight is None)
+                and self.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
+                and self.latent_dim <= MAX_LATENT_DIM
+                and self.folds_attentions(x))
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.uses_triton(x):
+            weight, bias = dcd_folded_kernels(self, x)
+            return self.per_sample(x, weight, bias)
         if self.can_fold() and self.folds_attentions(x):
             return self._folded_conv(x)
         dynamics = self.dynamics(x)
