@@ -161,6 +161,31 @@ def test_crop_sizes():
     assert cg.crop_sizes([(2, 10)], (64, 64), (32, 64)) is None
 
 
+def test_gradient_copies_become_grad_without_another_copy():
+    """The graph's gradient buffers reach .grad as copies in one block,
+    which autograd keeps (no copy of its own); the buffers stay apart."""
+    params = [nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(4))]
+    buffers = [torch.randn_like(p) for p in params]
+
+    class Replay(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *weights):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (grad, *cg.owned_copies(buffers))
+
+    Replay.apply(torch.ones(1, requires_grad=True), *params).sum().backward()
+    block = params[0].grad.untyped_storage().data_ptr()
+    assert params[1].grad.untyped_storage().data_ptr() == block
+    for param, buffer in zip(params, buffers):
+        assert torch.equal(param.grad, buffer)
+        assert param.grad.data_ptr() != buffer.data_ptr()
+    mixed = [torch.zeros(2), torch.zeros(2, dtype=torch.float64)]
+    assert cg.owned_copies(mixed) is mixed
+
+
 def test_arena_views_keep_strides_and_alignment():
     a = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
     b = torch.randn(3, dtype=torch.float16)

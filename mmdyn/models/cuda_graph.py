@@ -284,10 +284,31 @@ class ShapeGraph:
         if self.static_input_grad is not None:
             grad_input = self.static_input_grad[..., :size[0], :size[1]] \
                 .clone() if next(grads) else None
-        # returned as they are: autograd copies a gradient it does not own
-        # into .grad (or adds it there), so the buffers stay the graph's
-        return grad_input, [g if has else None
-                            for g, has in zip(self.param_grads, grads)]
+        has_grad = list(grads)
+        copies = iter(owned_copies([
+            g for g, has in zip(self.param_grads, has_grad) if has]))
+        return grad_input, [next(copies) if has else None
+                            for has in has_grad]
+
+
+def owned_copies(buffers: List[Tensor]) -> List[Tensor]:
+    """Copies of the graph's gradient ``buffers`` for autograd to put in
+    ``.grad``, made by a few kernels into one new block of memory.
+
+    Given the buffers themselves, autograd would copy each into ``.grad``
+    with a kernel of its own (a dynamic backbone has hundreds of
+    parameters: about 1 ms of a step on an H100); copies that nothing else
+    holds it keeps as they are. Buffers of several dtypes or devices, or not
+    contiguous, are returned as they are."""
+    if not buffers or len({(b.dtype, b.device) for b in buffers}) > 1 \
+            or not all(b.is_contiguous() for b in buffers):
+        return buffers
+    block = torch.empty(sum(b.numel() for b in buffers),
+                        dtype=buffers[0].dtype, device=buffers[0].device)
+    copies = [chunk.view_as(b) for chunk, b in zip(
+        block.split([b.numel() for b in buffers]), buffers)]
+    torch._foreach_copy_(copies, buffers)
+    return copies
 
 
 @contextlib.contextmanager
