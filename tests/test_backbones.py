@@ -200,6 +200,16 @@ def test_temperature_reaches_every_layer(name):
     assert all(m.temperature == 30.0 for m in dynamic_layers(model).values())
 
 
+@pytest.mark.parametrize('name', ['ODResNet', 'DCDMobileNetV2'])
+def test_triton_kernels_reaches_every_dynamic_conv(name):
+    extra = dict(depth=18) if 'ResNet' in name else dict(widen_factor=0.5)
+    layers = dynamic_layers(build(dict(type=name, **extra))).values()
+    assert all('triton_kernels' not in vars(m) for m in layers)
+    model = build(dict(type=name, triton_kernels=False, **extra))
+    layers = dynamic_layers(model).values()
+    assert layers and all(m.triton_kernels is False for m in layers)
+
+
 def test_sync_bn_reaches_attention_branches():
     model = build(dict(type='ODResNet', depth=18,
                        norm_cfg=dict(type='SyncBN', requires_grad=True)))
@@ -219,6 +229,8 @@ def test_sync_bn_reaches_attention_branches():
     (dict(type='ODMobileNetV2', frozen_stages=8), 'frozen_stages'),
     (dict(type='DCDMobileNetV2', widen_factor=0), 'widen_factor'),
     (dict(type='DCDMobileNetV2', fc_squeeze=0), 'fc_squeeze'),
+    (dict(type='ODResNet', depth=18, triton_kernels='off'),
+     'triton_kernels'),
 ])
 def test_invalid_backbone_arguments_name_the_argument(cfg, message):
     with pytest.raises(ValueError, match=message):

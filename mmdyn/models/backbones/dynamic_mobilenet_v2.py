@@ -10,7 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
+from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
+                    setup_triton_kernels)
 
 #: the convs of an inverted residual block, and the last 1x1 conv
 ROLES = ('expand', 'depthwise', 'project', 'last')
@@ -93,6 +94,8 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
         with_cp (bool): Gradient checkpointing of the blocks.
         cuda_graph (bool | dict): Replay CUDA graphs, as in
             :class:`DynamicResNet`. Default: False.
+        triton_kernels (bool, optional): Fused Triton kernels, as in
+            :class:`DynamicResNet`. Default: None.
         init_cfg (dict | list[dict], optional): Initialisation config.
     """
 
@@ -112,6 +115,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  cuda_graph: Union[bool, dict] = False,
+                 triton_kernels: Optional[bool] = None,
                  init_cfg=None) -> None:
         super().__init__(init_cfg)
         name = type(self).__name__
@@ -170,6 +174,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                                        self.out_channel),
             norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.layers.append('conv2')
+        setup_triton_kernels(self, triton_kernels)
         setup_cuda_graph(self, cuda_graph)
 
     def conv_cfg_for(self, role: str, block_index: int, in_channels: int,

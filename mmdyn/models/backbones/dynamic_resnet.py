@@ -7,7 +7,8 @@ from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
+from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
+                    setup_triton_kernels)
 
 
 class _BlockFactory:
@@ -53,6 +54,12 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             :class:`mmdyn.models.CUDAGraphForward` arguments, e.g.
             ``dict(size_divisor=128)``); not with ``with_cp``. Default:
             False.
+        triton_kernels (bool, optional): Fused Triton kernels in the
+            dynamic convs (ODConv; DCD in inference): None uses the layers'
+            default (on CUDA where they apply), False turns them off, True
+            also allows Triton's CPU interpreter (see
+            :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`). Default:
+            None.
     """
 
     def __init__(self,
@@ -62,6 +69,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
                  dynamic_shortcut: bool = False,
                  temperature: float = 1.0,
                  cuda_graph: Union[bool, dict] = False,
+                 triton_kernels: Optional[bool] = None,
                  **kwargs) -> None:
         name = type(self).__name__
         if depth not in self.arch_settings:
@@ -81,6 +89,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
         self.num_dynamic_blocks = num_dynamic_blocks
         self.dynamic_shortcut = dynamic_shortcut
         super().__init__(depth, **kwargs)
+        setup_triton_kernels(self, triton_kernels)
         setup_cuda_graph(self, cuda_graph)
 
     def block_is_dynamic(self, index: int) -> bool:

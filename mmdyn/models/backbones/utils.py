@@ -1,6 +1,6 @@
 """Helpers shared by the dynamic backbones."""
 import inspect
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 
@@ -62,3 +62,21 @@ def setup_cuda_graph(backbone: nn.Module, cuda_graph: Union[bool,
         raise ValueError(f'{name}: cuda_graph has unknown keys {unknown}; '
                          f'it takes {_CUDA_GRAPH_KEYS}')
     enable_cuda_graph(backbone, **cuda_graph)
+
+
+def setup_triton_kernels(backbone: nn.Module,
+                         triton_kernels: Optional[bool]) -> None:
+    """Apply a backbone's ``triton_kernels`` argument to its dynamic convs:
+    None leaves them as their class says (by default: fused Triton kernels
+    on CUDA where they apply), True or False sets every layer's
+    :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`."""
+    from ...layers import DynamicConv2d
+    if triton_kernels is not None and not isinstance(triton_kernels, bool):
+        raise ValueError(
+            f'{type(backbone).__name__}: triton_kernels must be None (the '
+            f'layers\' default), True or False, got {triton_kernels!r}')
+    if triton_kernels is None:
+        return
+    for module in backbone.modules():
+        if isinstance(module, DynamicConv2d):
+            module.triton_kernels = triton_kernels
