@@ -13,6 +13,8 @@ float64 inputs).
 import triton
 import triton.language as tl
 
+from .triton_blocks import rows_times_vector
+
 
 @triton.jit
 def _hard_sigmoid_gate(v):
@@ -40,14 +42,7 @@ def squeeze_fwd(pooled, hw, w_in, out, C, S, BS: tl.constexpr,
     b = tl.program_id(0)
     s = tl.program_id(1) * BS + tl.arange(0, BS)
     s_in = s < S
-    acc = tl.zeros([BS], ACC)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        c_in = c < C
-        p = tl.load(pooled + b * C + c, mask=c_in, other=0).to(ACC)
-        w = tl.load(w_in + s[:, None] * C + c[None, :],
-                    mask=s_in[:, None] & c_in[None, :], other=0).to(ACC)
-        acc += tl.sum(w * p[None, :], axis=1)
+    acc = rows_times_vector(w_in, s, s_in, pooled + b * C, C, BS, BC, ACC)
     tl.store(out + b * S + s, acc / hw, mask=s_in)
 
 
@@ -62,14 +57,8 @@ def heads_fwd(squeezed, w_gate, w_phi, w_scale, phi, scale, S, LL, CO,
     b = tl.program_id(0)
     s = tl.arange(0, BS)
     s_in = s < S
-    gate = tl.zeros([BS], ACC)
-    for g0 in range(0, S, BG):
-        g = g0 + tl.arange(0, BG)
-        g_in = g < S
-        y = tl.load(squeezed + b * S + g, mask=g_in, other=0).to(ACC)
-        w = tl.load(w_gate + s[:, None] * S + g[None, :],
-                    mask=s_in[:, None] & g_in[None, :], other=0).to(ACC)
-        gate += tl.sum(w * y[None, :], axis=1)
+    gate = rows_times_vector(w_gate, s, s_in, squeezed + b * S, S, BS, BG,
+                             ACC)
     hidden = tl.load(squeezed + b * S + s, mask=s_in, other=0).to(ACC) * \
         _hard_sigmoid_gate(gate)
     j = tl.program_id(1) * BJ + tl.arange(0, BJ)

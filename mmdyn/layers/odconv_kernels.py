@@ -14,6 +14,8 @@ or float64 for float64 inputs).
 import triton
 import triton.language as tl
 
+from .triton_blocks import rows_times_vector
+
 
 @triton.jit
 def hidden_fwd(pooled, hw, fc_w, mean, var, gamma, beta, eps, u_out, h_out,
@@ -24,15 +26,7 @@ def hidden_fwd(pooled, hw, fc_w, mean, var, gamma, beta, eps, u_out, h_out,
     b = tl.program_id(0)
     a = tl.program_id(1) * BA + tl.arange(0, BA)
     a_in = a < A
-    acc = tl.zeros([BA], ACC)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        c_in = c < C
-        p = tl.load(pooled + b * C + c, mask=c_in, other=0).to(ACC)
-        w = tl.load(fc_w + a[:, None] * C + c[None, :],
-                    mask=a_in[:, None] & c_in[None, :], other=0).to(ACC)
-        acc += tl.sum(w * p[None, :], axis=1)
-    u = acc / hw
+    u = rows_times_vector(fc_w, a, a_in, pooled + b * C, C, BA, BC, ACC) / hw
     rstd = 1.0 / tl.sqrt(tl.load(var + a, mask=a_in, other=1).to(ACC) + eps)
     z = (u - tl.load(mean + a, mask=a_in, other=0).to(ACC)) * rstd
     if HAS_AFFINE:
@@ -43,32 +37,37 @@ def hidden_fwd(pooled, hw, fc_w, mean, var, gamma, beta, eps, u_out, h_out,
 
 
 @triton.jit
-def _head_rows(j, a, a_in, w_c, w_f, w_s, A, NC, NF, NS, ACC: tl.constexpr):
-    """Rows ``j`` of the stacked sigmoid heads' weights (channel, filter,
-    spatial), columns ``a``: a (len(j), len(a)) tile."""
+def _heads_of(j, NC, NF, NS):
+    """For rows ``j`` of the stacked sigmoid heads (channel, filter,
+    spatial): whether each is in each head, and its row there (0 outside)."""
     in_c = j < NC
     in_f = (j >= NC) & (j < NC + NF)
     in_s = (j >= NC + NF) & (j < NC + NF + NS)
+    return (in_c, in_f, in_s, tl.where(in_c, j, 0), tl.where(in_f, j - NC, 0),
+            tl.where(in_s, j - NC - NF, 0))
+
+
+@triton.jit
+def _head_rows(j, a, a_in, w_c, w_f, w_s, A, NC, NF, NS, ACC: tl.constexpr):
+    """Rows ``j`` of the stacked sigmoid heads' weights, columns ``a``: a
+    (len(j), len(a)) tile."""
+    in_c, in_f, in_s, row_c, row_f, row_s = _heads_of(j, NC, NF, NS)
     cols = a[None, :]
-    tile = tl.load(w_c + tl.where(in_c, j, 0)[:, None] * A + cols,
+    tile = tl.load(w_c + row_c[:, None] * A + cols,
                    mask=in_c[:, None] & a_in[None, :], other=0).to(ACC)
-    tile += tl.load(w_f + tl.where(in_f, j - NC, 0)[:, None] * A + cols,
+    tile += tl.load(w_f + row_f[:, None] * A + cols,
                     mask=in_f[:, None] & a_in[None, :], other=0).to(ACC)
-    tile += tl.load(w_s + tl.where(in_s, j - NC - NF, 0)[:, None] * A + cols,
+    tile += tl.load(w_s + row_s[:, None] * A + cols,
                     mask=in_s[:, None] & a_in[None, :], other=0).to(ACC)
     return tile
 
 
 @triton.jit
 def _head_bias(j, b_c, b_f, b_s, NC, NF, NS, ACC: tl.constexpr):
-    in_c = j < NC
-    in_f = (j >= NC) & (j < NC + NF)
-    in_s = (j >= NC + NF) & (j < NC + NF + NS)
-    bias = tl.load(b_c + tl.where(in_c, j, 0), mask=in_c, other=0).to(ACC)
-    bias += tl.load(b_f + tl.where(in_f, j - NC, 0), mask=in_f,
-                    other=0).to(ACC)
-    bias += tl.load(b_s + tl.where(in_s, j - NC - NF, 0), mask=in_s,
-                    other=0).to(ACC)
+    in_c, in_f, in_s, row_c, row_f, row_s = _heads_of(j, NC, NF, NS)
+    bias = tl.load(b_c + row_c, mask=in_c, other=0).to(ACC)
+    bias += tl.load(b_f + row_f, mask=in_f, other=0).to(ACC)
+    bias += tl.load(b_s + row_s, mask=in_s, other=0).to(ACC)
     return bias
 
 
@@ -102,15 +101,7 @@ def gates_fwd(h, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k, gates, A, NC, NF,
     else:
         n = tl.arange(0, BJ)
         n_in = n < NK
-        acc = tl.zeros([BJ], ACC)
-        for a0 in range(0, A, BA):
-            a = a0 + tl.arange(0, BA)
-            a_in = a < A
-            hid = tl.load(h + b * A + a, mask=a_in, other=0).to(ACC)
-            tile = tl.load(w_k + n[:, None] * A + a[None, :],
-                           mask=n_in[:, None] & a_in[None, :],
-                           other=0).to(ACC)
-            acc += tl.sum(tile * hid[None, :], axis=1)
+        acc = rows_times_vector(w_k, n, n_in, h + b * A, A, BJ, BA, ACC)
         logits = (acc + tl.load(b_k + n, mask=n_in, other=0).to(ACC)) / \
             temperature
         logits = tl.where(n_in, logits, -float('inf'))
@@ -171,6 +162,38 @@ def _mixed_kernel(bank, g, offsets, mask, kernel_size, num_sigmoid,
 
 
 @triton.jit
+def _single_kernel(bank, offsets, mask, NK: tl.constexpr, BO: tl.constexpr,
+                   BC: tl.constexpr, BT: tl.constexpr, ACC: tl.constexpr):
+    """The bank's kernel at a tile if it has one (loaded once for all
+    samples); zeros otherwise."""
+    if NK == 1:
+        single = tl.load(bank + offsets, mask=mask, other=0).to(ACC)
+    else:
+        single = tl.zeros([BO, BC, BT], ACC)
+    return single
+
+
+@triton.jit
+def _sample_factors(gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI,
+                    KK, NC, NF, NS, NK: tl.constexpr, DEPTHWISE: tl.constexpr,
+                    HAS_FILTER: tl.constexpr, HAS_SPATIAL: tl.constexpr,
+                    BO: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Sample b's mixed kernel at a tile (``single``, the bank's one kernel
+    loaded once, when NK == 1) and its channel, filter and spatial
+    attentions."""
+    g = gates + b * J
+    if NK > 1:
+        mixed = _mixed_kernel(bank, g, offsets, mask, CO * CI * KK,
+                              NC + NF + NS, NK, ACC, BO, BC, BT)
+    else:
+        mixed = single
+    a_c, a_f, a_s = _scales(g, o, c, t, CO, CI, KK, NC, NF, DEPTHWISE,
+                            HAS_FILTER, HAS_SPATIAL, ACC)
+    return mixed, a_c, a_f, a_s
+
+
+@triton.jit
 def fold_fwd(gates, bank, out, B, CO, CI, KK, J, NC, NF, NS,
              NK: tl.constexpr, DEPTHWISE: tl.constexpr,
              HAS_FILTER: tl.constexpr, HAS_SPATIAL: tl.constexpr,
@@ -180,19 +203,13 @@ def fold_fwd(gates, bank, out, B, CO, CI, KK, J, NC, NF, NS,
     (cdiv(CO, BO), cdiv(CI, BC))."""
     o, c, t, offsets, mask = _fold_tile(tl.program_id(0), tl.program_id(1),
                                         CO, CI, KK, BO, BC, BT)
-    kernel_size = CO * CI * KK
-    num_sigmoid = NC + NF + NS
-    if NK == 1:
-        mixed = tl.load(bank + offsets, mask=mask, other=0).to(ACC)
+    single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)
     for b in range(B):
-        g = gates + b * J
-        if NK > 1:
-            mixed = _mixed_kernel(bank, g, offsets, mask, kernel_size,
-                                  num_sigmoid, NK, ACC, BO, BC, BT)
-        a_c, a_f, a_s = _scales(g, o, c, t, CO, CI, KK, NC, NF, DEPTHWISE,
-                                HAS_FILTER, HAS_SPATIAL, ACC)
-        tl.store(out + b * kernel_size + offsets, mixed * (a_f * a_c * a_s),
-                 mask=mask)
+        mixed, a_c, a_f, a_s = _sample_factors(
+            gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI, KK, NC,
+            NF, NS, NK, DEPTHWISE, HAS_FILTER, HAS_SPATIAL, BO, BC, BT, ACC)
+        tl.store(out + b * CO * CI * KK + offsets,
+                 mixed * (a_f * a_c * a_s), mask=mask)
 
 
 @triton.jit
@@ -221,16 +238,13 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
     o, c, t, offsets, mask = _fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
     kernel_size = CO * CI * KK
     num_sigmoid = NC + NF + NS
+    single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)
     if NK == 1:
-        mixed = tl.load(bank + offsets, mask=mask, other=0).to(ACC)
         grad_bank_acc = tl.zeros([BO, BC, BT], ACC)
     for b in range(B):
-        g = gates + b * J
-        if NK > 1:
-            mixed = _mixed_kernel(bank, g, offsets, mask, kernel_size,
-                                  num_sigmoid, NK, ACC, BO, BC, BT)
-        a_c, a_f, a_s = _scales(g, o, c, t, CO, CI, KK, NC, NF, DEPTHWISE,
-                                HAS_FILTER, HAS_SPATIAL, ACC)
+        mixed, a_c, a_f, a_s = _sample_factors(
+            gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI, KK, NC,
+            NF, NS, NK, DEPTHWISE, HAS_FILTER, HAS_SPATIAL, BO, BC, BT, ACC)
         dy = tl.load(grad + b * kernel_size + offsets, mask=mask,
                      other=0).to(ACC)
         dy_mixed = dy * mixed
@@ -367,15 +381,13 @@ def _store_head_rows(j, a, a_in, tile, w_c, w_f, w_s, w_k, A, NC, NF, NS,
                      NK, sigmoid_rows):
     cols = a[None, :]
     if sigmoid_rows:
-        in_c = j < NC
-        in_f = (j >= NC) & (j < NC + NF)
-        in_s = (j >= NC + NF) & (j < NC + NF + NS)
-        tl.store(w_c + tl.where(in_c, j, 0)[:, None] * A + cols, tile,
+        in_c, in_f, in_s, row_c, row_f, row_s = _heads_of(j, NC, NF, NS)
+        tl.store(w_c + row_c[:, None] * A + cols, tile,
                  mask=in_c[:, None] & a_in[None, :])
-        tl.store(w_f + tl.where(in_f, j - NC, 0)[:, None] * A + cols, tile,
+        tl.store(w_f + row_f[:, None] * A + cols, tile,
                  mask=in_f[:, None] & a_in[None, :])
-        tl.store(w_s + tl.where(in_s, j - NC - NF, 0)[:, None] * A + cols,
-                 tile, mask=in_s[:, None] & a_in[None, :])
+        tl.store(w_s + row_s[:, None] * A + cols, tile,
+                 mask=in_s[:, None] & a_in[None, :])
     else:
         n = j - NC - NF - NS
         tl.store(w_k + n[:, None] * A + cols, tile,
@@ -386,12 +398,10 @@ def _store_head_rows(j, a, a_in, tile, w_c, w_f, w_s, w_k, A, NC, NF, NS,
 def _store_head_bias(j, values, b_c, b_f, b_s, b_k, NC, NF, NS, NK,
                      sigmoid_rows):
     if sigmoid_rows:
-        in_c = j < NC
-        in_f = (j >= NC) & (j < NC + NF)
-        in_s = (j >= NC + NF) & (j < NC + NF + NS)
-        tl.store(b_c + tl.where(in_c, j, 0), values, mask=in_c)
-        tl.store(b_f + tl.where(in_f, j - NC, 0), values, mask=in_f)
-        tl.store(b_s + tl.where(in_s, j - NC - NF, 0), values, mask=in_s)
+        in_c, in_f, in_s, row_c, row_f, row_s = _heads_of(j, NC, NF, NS)
+        tl.store(b_c + row_c, values, mask=in_c)
+        tl.store(b_f + row_f, values, mask=in_f)
+        tl.store(b_s + row_s, values, mask=in_s)
     else:
         n = j - NC - NF - NS
         tl.store(b_k + n, values, mask=n < NK)
