@@ -61,21 +61,23 @@ def test_backbones_are_timed_in_turns(tmp_path, monkeypatch):
 
 
 def test_speed_settings(tmp_path):
-    from mmdyn.layers import DynamicConv2d, ODConv2d
+    from mmdyn.layers import DynamicConv2d
     try:
         result = run(tmp_path, 'backbones', '--shape', '32', '32',
                      '--batch', '2', '--methods', 'condconv-8x',
                      '--per-sample', 'loop', '--channels-last', '--triton',
                      'off')
         assert DynamicConv2d.per_sample_conv == 'loop'
-        assert ODConv2d.triton_kernels is False
+        assert DynamicConv2d.triton_kernels is False
     finally:
         DynamicConv2d.per_sample_conv = 'grouped'
-        ODConv2d.triton_kernels = None
+        DynamicConv2d.triton_kernels = None
     assert result['per_sample'] == 'loop' and result['channels_last']
     assert result['triton'] == 'off'
     with pytest.raises(SystemExit):
         benchmark.parse_args(['layers', '--compile'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['backbones', '--triton', 'both'])
 
 
 def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
@@ -91,6 +93,29 @@ def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
         benchmark.parse_args(['detectors', '--compile', '--cuda-graph'])
     with pytest.raises(SystemExit):
         benchmark.parse_args(['layers', '--cuda-graph'])
+
+
+def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
+                                                      monkeypatch):
+    from mmdyn.layers import DynamicConv2d
+    built = []
+    build = benchmark.build_detectors
+
+    def recording(args, device):
+        built.extend(build(args, device))
+        return built
+
+    monkeypatch.setattr(benchmark, 'build_detectors', recording)
+    result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
+                 'condconv-8x', 'dcd', '--triton', 'both', '--reps', '1')
+    assert [(r['method'], r['triton']) for r in result['rows']] == [
+        ('static', 'auto'), ('condconv-8x', 'auto'), ('dcd', 'auto'),
+        ('dcd', 'off')]
+    assert '| dcd, no Triton | fp32 |' in capsys.readouterr().out
+    layers = [[m for m in entry['model'].modules()
+               if isinstance(m, DynamicConv2d)] for entry in built[2:]]
+    assert all(m.triton_kernels is None for m in layers[0])
+    assert layers[1] and all(m.triton_kernels is False for m in layers[1])
 
 
 def test_detectors(tmp_path, capsys):

@@ -22,7 +22,8 @@ how many kernels it launches and its N most expensive ones.
 
 Speed settings, to compare in separate runs: ``--per-sample loop`` (one
 conv per sample instead of the batch folded into the groups),
-``--triton off`` (ODConv without its fused Triton kernels) and
+``--triton off`` (ODConv and DCD without their fused Triton kernels;
+``--triton both`` measures the detectors both ways in one run) and
 ``--channels-last`` apply to every model. ``--cuda-graph`` (backbones
 replay CUDA graphs: :func:`mmdyn.enable_cuda_graph`) and ``--compile``
 (``torch.compile`` of the backbone, in ``--compile-mode``) apply to every
@@ -145,8 +146,13 @@ def reference(rows, row, **same) -> dict:
 
 
 def label(row) -> str:
-    return row['method'] + ('' if row['mode'] == 'eager' else
+    text = row['method'] + ('' if row['mode'] == 'eager' else
                             f" ({row['mode']})")
+    return text + (', no Triton' if row.get('triton') == 'off' else '')
+
+
+#: methods whose layers have fused Triton kernels (``--triton both``)
+FUSED_METHODS = ('odconv-1x', 'odconv-4x', 'dcd')
 
 
 def speed_mode(backbone: nn.Module, args, mode: str) -> nn.Module:
@@ -392,18 +398,28 @@ def build_detectors(args, device) -> list:
                 '-')[0]
             config = osp.join(REPO, 'configs', folder,
                               f'{args.detector}_{part}_fpn_1x_coco.py')
-            cfg = Config.fromfile(config)
-            cfg.model.backbone.init_cfg = None
-            torch.manual_seed(0)
-            model = in_memory_format(
-                initialised(MODELS.build(cfg.model)).to(device), args)
-            model.backbone = speed_mode(model.backbone, args, mode)
-            built.append(dict(
-                family=family, method=method, mode=mode, model=model,
-                data=detector_inputs(model, 2, *args.shape, device,
-                                     args.detector == 'mask-rcnn'),
-                single=detector_inputs(model, 1, *args.shape, device, False),
-                initial=copy.deepcopy(model.state_dict())))
+            variants = ['off' if args.triton == 'off' else 'auto']
+            if method == 'static':
+                variants = ['auto']  # no fused kernels to turn off
+            elif args.triton == 'both' and method in FUSED_METHODS:
+                variants.append('off')
+            for triton in variants:
+                cfg = Config.fromfile(config)
+                cfg.model.backbone.init_cfg = None
+                if triton == 'off':
+                    cfg.model.backbone.triton_kernels = False
+                torch.manual_seed(0)
+                model = in_memory_format(
+                    initialised(MODELS.build(cfg.model)).to(device), args)
+                model.backbone = speed_mode(model.backbone, args, mode)
+                built.append(dict(
+                    family=family, method=method, mode=mode, triton=triton,
+                    model=model,
+                    data=detector_inputs(model, 2, *args.shape, device,
+                                         args.detector == 'mask-rcnn'),
+                    single=detector_inputs(model, 1, *args.shape, device,
+                                           False),
+                    initial=copy.deepcopy(model.state_dict())))
     return built
 
 
@@ -468,7 +484,8 @@ def bench_detectors(args, device):
                                             '_orig_mod',
                                             entry['model'].backbone))
             row = dict(family=entry['family'], method=entry['method'],
-                       mode=entry['mode'], precision=precision,
+                       mode=entry['mode'], triton=entry['triton'],
+                       precision=precision,
                        train_ms=train, infer_ms=infer,
                        train_mem_mb=step_memory_mb(step.train_step, device),
                        infer_mem_mb=step_memory_mb(step.infer, device))
@@ -595,9 +612,13 @@ def parse_args(argv=None):
                         choices=['grouped', 'loop'],
                         help='how per-sample kernels are applied (the '
                         'per_sample_conv of mmdyn.layers.DynamicConv2d)')
-    parser.add_argument('--triton', default='auto', choices=['auto', 'off'],
-                        help="ODConv's fused Triton kernels where they apply "
-                        '(the triton_kernels of mmdyn.layers.ODConv2d)')
+    parser.add_argument('--triton', default='auto',
+                        choices=['auto', 'off', 'both'],
+                        help='the fused Triton kernels of ODConv and DCD '
+                        'where they apply (the triton_kernels of '
+                        'mmdyn.layers.DynamicConv2d); detectors: both '
+                        'measures those methods with and without them, in '
+                        'the same run')
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in channels-last memory '
                         'format (static ones too)')
@@ -623,6 +644,8 @@ def parse_args(argv=None):
         if getattr(args, flag) and args.what == 'layers':
             parser.error(f"--{flag.replace('_', '-')}: for backbones and "
                          'detectors only')
+    if args.triton == 'both' and args.what != 'detectors':
+        parser.error('--triton both: for detectors only')
     if args.profile and args.what != 'detectors':
         parser.error('--profile: for detectors only')
     batch, shape = DEFAULTS[args.what]
@@ -642,9 +665,9 @@ def main(argv=None):
     init_default_scope('mmdet')
     # init_weights logs every parameter at INFO
     MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
-    from mmdyn.layers import DynamicConv2d, ODConv2d
+    from mmdyn.layers import DynamicConv2d
     DynamicConv2d.per_sample_conv = args.per_sample
-    ODConv2d.triton_kernels = None if args.triton == 'auto' else False
+    DynamicConv2d.triton_kernels = False if args.triton == 'off' else None
     device = torch.device(args.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
