@@ -38,7 +38,7 @@ def test_applies_to_dense_and_depthwise_layers_with_running_stats():
 @needs_triton
 @pytest.mark.parametrize('case', [
     'triton_kernels=False', 'grouped', 'bn training', 'float16',
-    'autocast', 'unfolded', 'hooked attention'
+    'autocast', 'unfolded', 'hooked attention', 'empty batch'
 ])
 def test_falls_back_where_it_does_not_apply(case):
     layer = _layer(groups=4 if case == 'grouped' else 1)
@@ -53,6 +53,8 @@ def test_falls_back_where_it_does_not_apply(case):
         layer.fold_attentions = False
     elif case == 'hooked attention':
         layer.attention.register_forward_hook(lambda *args: None)
+    elif case == 'empty batch':
+        x = x[:0]
     if case == 'autocast':
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             assert not layer.uses_triton(x)

@@ -201,7 +201,7 @@ class DynamicConv2d(nn.Module):
 
     def _triton_can_run(self, x: Tensor, params, branches) -> bool:
         """What every fused path needs: :attr:`triton_kernels` allows it
-        for ``x``'s device, float32 or float64 input and ``params``
+        for ``x``'s device, a non-empty float32 or float64 input and ``params``
         outside autocast, ``torch.compile`` and tracing, and no hooks on the
         ``branches`` (modules whose forward the kernels stand in for)."""
         choice = self.triton_kernels
@@ -221,7 +221,7 @@ class DynamicConv2d(nn.Module):
         if not (x.is_cuda or (choice and x.device.type == 'cpu'
                               and interpreting())):
             return False
-        return (x.dtype in (torch.float32, torch.float64)
+        return (x.dtype in (torch.float32, torch.float64) and x.numel() > 0
                 and all(p.dtype == x.dtype for p in params)
                 and not torch.is_autocast_enabled(x.device.type)
                 and not torch.compiler.is_compiling()
