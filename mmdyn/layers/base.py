@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .functional import per_sample_conv2d
-from .triton_support import interpreting, triton_installed
+from .triton_support import (check_triton_kernels, interpreting,
+                             triton_installed)
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -205,10 +206,7 @@ class DynamicConv2d(nn.Module):
         outside autocast, ``torch.compile`` and tracing, and no hooks on the
         ``branches`` (modules whose forward the kernels stand in for)."""
         choice = self.triton_kernels
-        if choice is not None and not isinstance(choice, bool):
-            raise ValueError(
-                f'{type(self).__name__}: triton_kernels must be None, True or '
-                f'False, got {choice!r}')
+        check_triton_kernels(type(self).__name__, choice)
         if choice is False:
             return False
         if not triton_installed():

@@ -13,7 +13,8 @@ from .base import DynamicConv2d, IntOrPair, attention_width
 from .functional import (aggregate_kernels, attention_branch, global_avg_pool,
                          soften)
 from .kernel_bank import check_kernel_num, make_kernel_bank
-from .odconv_fused import MAX_ATTENTION_CHANNELS, FoldLayout, FusedODKernels
+from .odconv_fused import (MAX_ATTENTION_CHANNELS, MAX_KERNELS, FoldLayout,
+                           FusedODKernels)
 
 
 class ODAttentions(NamedTuple):
@@ -199,7 +200,7 @@ class ODConv2d(DynamicConv2d):
                 and bn.running_mean is not None
                 and (self.groups == 1 or self.is_depthwise)
                 and attention.fc.out_channels <= MAX_ATTENTION_CHANNELS
-                and self.kernel_num <= 64
+                and self.kernel_num <= MAX_KERNELS
                 and self.folds_attentions(x))
 
     def _fused_kernels(self, x: Tensor) -> Tensor:
@@ -229,10 +230,8 @@ class ODConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_triton(x):
-            weight = self._fused_kernels(x)
-            bias = None if self.bias is None else self.bias.expand(
-                x.shape[0], self.out_channels)
-            return self.per_sample(x, weight, bias)
+            return self.per_sample(x, self._fused_kernels(x),
+                                   self._per_sample_bias(x.shape[0]))
         attention = self.attention(x, self.temperature)
         fold = self.folds_attentions(x)
         static_kernel = attention.kernel is None and attention.spatial is None
@@ -280,6 +279,10 @@ class ODConv2d(DynamicConv2d):
         if attention.filter is not None:
             scale = scale * attention.filter[:, :, None]
         weight = weight * scale[..., None, None]
-        bias = None if self.bias is None else self.bias.expand(
+        return self.per_sample(x, weight, self._per_sample_bias(batch))
+
+    def _per_sample_bias(self, batch: int) -> Optional[Tensor]:
+        """The static bias as one per sample (B, out), for
+        :meth:`per_sample`."""
+        return None if self.bias is None else self.bias.expand(
             batch, self.out_channels)
-        return self.per_sample(x, weight, bias)

@@ -31,6 +31,8 @@ MAX_ATTENTION_CHANNELS = 512
 #: Elements per tile of the fold kernels.
 _FOLD_TILE = 4096
 _HEAD_ROWS = 64
+#: Most kernels in the bank: one program takes the kernel head's rows.
+MAX_KERNELS = _HEAD_ROWS
 
 
 class FoldLayout(NamedTuple):
@@ -104,8 +106,6 @@ class FusedODKernels(torch.autograd.Function):
             ACC=acc)
         ctx.layout = layout
         ctx.pixels, ctx.temperature, ctx.eps = pixels, temperature, eps
-        ctx.present = [t is not None for t in (w_c, b_c, w_f, b_f, w_s, b_s,
-                                               w_k, b_k)]
         ctx.affine = affine
         ctx.save_for_backward(pooled, fc_w, bn_w, mean, var, u, h, gates,
                               bank, w_c, w_f, w_s, w_k)
@@ -176,12 +176,9 @@ class FusedODKernels(torch.autograd.Function):
             HAS_AFFINE=ctx.affine, BA=width_tile, BR=16, BC=col_block,
             ACC=acc)
 
-        head_out = []
-        for present_w, present_b, w_grad, b_grad in zip(
-                ctx.present[0::2], ctx.present[1::2], head_grads,
-                bias_grads):
-            head_out += [w_grad if present_w else None,
-                         b_grad if present_b else None]
+        head_out = []  # every head present has a bias (a 1x1 conv's)
+        for w, w_grad, b_grad in zip(heads, head_grads, bias_grads):
+            head_out += [None, None] if w is None else [w_grad, b_grad]
         affine = ctx.affine
         return (None, grad_pooled, None, None, grad_fc_w,
                 grad_bn_w if affine else None, grad_bn_b if affine else None,

@@ -21,6 +21,14 @@ def interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET') == '1'
 
 
+def check_triton_kernels(owner: str, value) -> None:
+    """Raise if ``value`` is not a valid ``triton_kernels`` setting (None,
+    True or False; 1 and 0 are not)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f'{owner}: triton_kernels must be None, True or '
+                         f'False, got {value!r}')
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 

@@ -71,10 +71,8 @@ def setup_triton_kernels(backbone: nn.Module,
     on CUDA where they apply), True or False sets every layer's
     :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`."""
     from ...layers import DynamicConv2d
-    if triton_kernels is not None and not isinstance(triton_kernels, bool):
-        raise ValueError(
-            f'{type(backbone).__name__}: triton_kernels must be None (the '
-            f'layers\' default), True or False, got {triton_kernels!r}')
+    from ...layers.triton_support import check_triton_kernels
+    check_triton_kernels(type(backbone).__name__, triton_kernels)
     if triton_kernels is None:
         return
     for module in backbone.modules():
