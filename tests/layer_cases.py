@@ -50,6 +50,8 @@ LAYERS = {
     'dcd-unfolded': (DCDConv2d, dcd_reference,
                      dict(fold_attentions=False)),
     'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
+    'dcd-triton': (DCDConv2d, dcd_reference,
+                   dict(fold_attentions=True, triton_kernels=True)),
     'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
     'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),
     'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3)),

@@ -39,6 +39,9 @@ def _bn_affine(values, bn, dims):
         var = values.var(dim=dims, unbiased=False)
     else:
         mean, var = bn.running_mean, bn.running_var
+    if bn.weight is None:  # affine=False: no weight and no bias
+        scale = 1 / torch.sqrt(var + bn.eps)
+        return scale, -mean * scale
     scale = bn.weight / torch.sqrt(var + bn.eps)
     return scale, bn.bias - mean * scale
 

@@ -1,10 +1,12 @@
-"""DCD's fused Triton kernels for inference (mmdyn/layers/dcd_fused.py):
-every geometry they take against the reference formulation, without
-gradients, and where they do not apply."""
+"""DCD's fused Triton kernels (mmdyn/layers/dcd_fused.py): every geometry
+they take against the reference formulation without gradients, forward and
+backward at shapes that span several tiles, and where they do not apply.
+Forward and backward on every geometry: test_layers.py ('dcd-triton')."""
 import pytest
 import torch
 
-from layer_cases import GEOMETRIES, make_layer, triton_runs_here
+from layer_cases import (GEOMETRIES, compare, make_layer, randomize,
+                         triton_runs_here)
 from mmdyn.layers import DCDConv2d
 from reference import dcd_reference
 
@@ -42,7 +44,6 @@ def test_matches_the_reference_float32_at_several_tiles():
     layer = DCDConv2d(72, 40, 3, padding=1, bias=True).eval()
     layer.triton_kernels = True
     layer.fold_attentions = True
-    from layer_cases import randomize
     randomize(layer)
     x = torch.randn(2, 72, 10, 9)
     with torch.no_grad():
@@ -54,11 +55,37 @@ def test_matches_the_reference_float32_at_several_tiles():
 
 
 @needs_triton
-@pytest.mark.parametrize('case', ['gradients', 'grouped', 'bn training',
-                                  'pool 2', 'unfolded', 'hooked branch'])
+@pytest.mark.parametrize('case', ['3x3', '1x1 strided', 'no affine'])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_gradients_match_the_reference_at_several_tiles(case, dtype):
+    """Shapes where every backward kernel has several programs, so that
+    each partial sum has several parts."""
+    torch.manual_seed(1)
+    if case == '3x3':
+        layer = DCDConv2d(72, 40, 3, padding=1, bias=True)
+    elif case == '1x1 strided':
+        layer = DCDConv2d(72, 136, 1, stride=2, bias=True)
+    else:
+        layer = DCDConv2d(40, 24, 3, padding=1,
+                          norm_cfg=dict(type='BN', affine=False))
+    layer = layer.to(dtype).eval()
+    layer.triton_kernels = True
+    layer.fold_attentions = True
+    randomize(layer)
+    x = torch.randn(3, layer.in_channels, 10, 9, dtype=dtype)
+    assert layer.uses_triton(x.requires_grad_())
+    compare(layer, dcd_reference, x,
+            atol=1e-9 if dtype == torch.float64 else 2e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize('case', ['grouped', 'bn training', 'pool 2',
+                                  'unfolded', 'hooked branch'])
 def test_falls_back_where_it_does_not_apply(case):
     layer = _dcd('3x3-grouped' if case == 'grouped' else '3x3')
     x = torch.randn(2, layer.in_channels, 9, 7, dtype=torch.float64)
+    # the same layer and input without what the case changes: it applies
+    assert layer.uses_triton(x) == (case != 'grouped')
     if case == 'bn training':
         layer.train()
     elif case == 'pool 2':
@@ -67,13 +94,7 @@ def test_falls_back_where_it_does_not_apply(case):
         layer.fold_attentions = False
     elif case == 'hooked branch':
         layer.fc_phi.register_forward_hook(lambda *args: None)
-    if case == 'gradients':
-        assert not layer.uses_triton(x)
-        with torch.no_grad():
-            assert layer.uses_triton(x)
-        return
-    with torch.no_grad():
-        assert not layer.uses_triton(x)
+    assert not layer.uses_triton(x)
 
 
 def test_rejects_values_other_than_none_true_false():

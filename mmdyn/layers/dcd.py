@@ -231,18 +231,14 @@ class DCDConv2d(DynamicConv2d):
 
     def uses_triton(self, x: Tensor) -> bool:
         """Whether forward computes input ``x``'s per-sample kernels with
-        the fused Triton kernels (:mod:`mmdyn.layers.dcd_fused`): for
-        inference (no gradient needed), where :attr:`triton_kernels` allows
-        it, for float32 and float64 outside autocast, ``torch.compile`` and
-        tracing, where the layer folds (:meth:`can_fold`,
-        :meth:`folds_attentions`), pools to 1x1 and has no hooks on its
-        dynamic branch."""
+        the fused Triton kernels (:mod:`mmdyn.layers.dcd_fused`), with or
+        without gradients: where :attr:`triton_kernels` allows it, for
+        float32 and float64 outside autocast, ``torch.compile`` and tracing,
+        where the layer folds (:meth:`can_fold`, :meth:`folds_attentions`),
+        pools to 1x1 and has no hooks on its dynamic branch."""
         if not self._triton_can_run(
                 x, [self.conv.weight, self.fc_phi.weight, self.p.weight],
                 [self.fc, self.fc_phi, self.fc_scale]):
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or any(
-                p.requires_grad for p in self.parameters())):
             return False
         return (self.pool_size == 1 and self.can_fold()
                 and (self.bn1.weight is None) == (self.bn2.weight is None)

@@ -1,10 +1,11 @@
-"""DCD's folded kernels for inference in four Triton kernels
-(:mod:`mmdyn.layers.dcd_kernels`): from the pooled input to the per-sample
-kernels and biases of Eq. 4 of the DCD paper.
+"""DCD's folded kernels as one autograd function: from the pooled input to
+the per-sample kernels and biases of Eq. 4 of the DCD paper in four Triton
+kernels (:mod:`mmdyn.layers.dcd_kernels`), and back in four.
 
 Written with PyTorch operations, the dynamic branch and the fold of one
-layer launch about 25 kernels, most of them on vectors; a ResNet-50 has 48
-such layers. Here they are
+layer launch about 25 kernels forward and 70 backward, most of them on
+vectors; a ResNet-50 has 48 such layers, and on a GPU the chain of small
+kernels, not arithmetic, sets their time. Here they are
 
 - ``squeeze_fwd``: the branch's first product, ``fc[0]`` on the pooled
   mean;
@@ -12,13 +13,17 @@ such layers. Here they are
 - ``mixing_fwd``: ``M = P (diag(a2) Phi + I)`` and the per-sample bias
   ``M c1 + P c2``, the BatchNorms as the affine maps of their running
   statistics;
-- ``fold_fwd``: ``Lambda W0 + M diag(a1) Q^T`` at the centre tap.
+- ``fold_fwd``: ``Lambda W0 + M diag(a1) Q^T`` at the centre tap;
 
-Forward only: with gradients DCD runs its PyTorch operations.
+and their backward in reverse (``fold_bwd``, ``mixing_bwd``, ``heads_bwd``,
+``hidden_bwd``), which reduce in a fixed order: the results do not depend
+on scheduling.
 """
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
+import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .triton_support import accumulator, cdiv, next_pow2
 
@@ -27,69 +32,240 @@ MAX_SQUEEZE_CHANNELS = 512
 MAX_LATENT_DIM = 128
 
 
-def _bn_args(bn):
-    dummy = bn.running_mean
-    return (bn.running_mean, bn.running_var,
-            dummy if bn.weight is None else bn.weight,
-            dummy if bn.bias is None else bn.bias, bn.eps)
+class FoldShape(NamedTuple):
+    """What the kernels need to know of a layer besides its tensors, and
+    whether the call saves what the backward needs."""
+    kernel_size: Tuple[int, int]
+    temperature: float
+    eps1: float
+    eps2: float
+    save: bool
+
+    @property
+    def centre(self) -> int:
+        """Index of the kernel's centre tap among its kh * kw."""
+        kh, kw = self.kernel_size
+        return (kh - 1) // 2 * kw + (kw - 1) // 2
+
+
+def _bn_args(mean, var, weight, bias, eps):
+    return (mean, var, mean if weight is None else weight,
+            mean if bias is None else bias, eps)
+
+
+def _fold_tiles(out_channels: int, in_channels: int, taps: int):
+    """Rows, columns and taps of the fold kernels' tiles (rows and columns
+    at least 16: the sides of a product)."""
+    tap_tile = next_pow2(taps)
+    if taps == 1:
+        return 64, 64, 1
+    rows = max(16, min(64, 4096 // (16 * tap_tile)))
+    return rows, 16, tap_tile
+
+
+def _latent_tile(latent: int) -> int:
+    return max(16, next_pow2(latent))
+
+
+def _parts_per_load(count: int, tile: int) -> int:
+    """How many partial sums of ``tile`` numbers to load at once."""
+    return max(1, min(next_pow2(count), 8192 // tile))
+
+
+class FusedDCDKernels(torch.autograd.Function):
+    """Pooled sums (B, C) -> per-sample kernels (B, CO, CI, kh, kw) and
+    biases (B, CO).
+
+    Inputs after the shape: the pooled sums and the pixel count they sum;
+    the weights of ``fc[0]``, the squeeze gate, ``fc_phi`` and
+    ``fc_scale``; P (CO, L) and Q (L, CI); W0; bn1's and bn2's running mean
+    and variance, weight and bias (None without affine); the layer's bias
+    (or None).
+    """
+
+    @staticmethod
+    def forward(ctx, shape: FoldShape, pooled: Tensor, pixels: int,
+                w_in: Tensor, w_gate: Tensor, w_phi: Tensor,
+                w_scale: Tensor, p: Tensor, q: Tensor, w0: Tensor,
+                mean1: Tensor, var1: Tensor, bn1_w: Optional[Tensor],
+                bn1_b: Optional[Tensor], mean2: Tensor, var2: Tensor,
+                bn2_w: Optional[Tensor], bn2_b: Optional[Tensor],
+                bias: Optional[Tensor]):
+        from . import dcd_kernels as kernels
+        save = shape.save
+        # the kernels index them as dense row-major arrays
+        w_in, w_gate, w_phi, w_scale, p, q, w0 = (
+            t.contiguous() for t in (w_in, w_gate, w_phi, w_scale, p, q, w0))
+        batch, channels = pooled.shape
+        width = w_in.shape[0]
+        out_channels, latent = p.shape
+        in_channels = q.shape[1]
+        acc = accumulator(pooled.dtype)
+        affine = bn1_w is not None
+        new = pooled.new_empty
+
+        squeezed = new(batch, width)
+        rows = 32
+        kernels.squeeze_fwd[(batch, cdiv(width, rows))](
+            pooled, pixels, w_in, squeezed, channels, width, BS=rows, BC=128,
+            ACC=acc)
+
+        phi = new(batch, latent, latent)
+        scale = new(batch, out_channels)
+        gate = new(batch, width) if save else scale
+        hidden = new(batch, width) if save else scale
+        scale_logits = new(batch, out_channels) if save else scale
+        squeeze_tile = next_pow2(width)
+        head_rows = max(1, min(64, 8192 // squeeze_tile))
+        kernels.heads_fwd[(batch, cdiv(latent * latent + out_channels,
+                                       head_rows))](
+            squeezed, w_gate, w_phi, w_scale, phi, scale, gate, hidden,
+            scale_logits, width, latent * latent, out_channels,
+            shape.temperature, SAVE=save, BJ=head_rows, BS=squeeze_tile,
+            BG=min(squeeze_tile, 32), ACC=acc)
+
+        bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
+        bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
+        mixing = new(batch, out_channels, latent) if save else scale
+        mixing_a1 = new(batch, latent, out_channels)
+        folded_bias = new(batch, out_channels)
+        latent_tile = _latent_tile(latent)
+        mix_rows = max(16, min(64, 4096 // latent_tile))
+        kernels.mixing_fwd[(batch, cdiv(out_channels, mix_rows))](
+            phi, p, *bn1, *bn2, bias if bias is not None else folded_bias,
+            mixing, mixing_a1, folded_bias, out_channels, latent,
+            HAS_AFFINE=affine, HAS_BIAS=bias is not None, SAVE=save,
+            BO=mix_rows, BL=latent_tile, ACC=acc)
+
+        kh, kw = shape.kernel_size
+        taps = kh * kw
+        weight = new(batch, out_channels, in_channels, kh, kw)
+        rows, cols, tap_tile = _fold_tiles(out_channels, in_channels, taps)
+        kernels.fold_fwd[(cdiv(out_channels, rows),
+                          cdiv(in_channels, cols))](
+            mixing_a1, scale, q, w0, weight, batch, out_channels,
+            in_channels, taps, latent, shape.centre, BO=rows, BC=cols,
+            BT=tap_tile, BL=latent_tile, ACC=acc)
+
+        if save:
+            ctx.shape, ctx.pixels = shape, pixels
+            ctx.affine, ctx.has_bias = affine, bias is not None
+            ctx.save_for_backward(pooled, squeezed, gate, hidden, phi, scale,
+                                  scale_logits, mixing, mixing_a1, w_in,
+                                  w_gate, w_phi, w_scale, p, q, w0, mean1,
+                                  var1, bn1_w, bn1_b, mean2, var2, bn2_w,
+                                  bn2_b)
+        return weight, folded_bias
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_weight: Tensor, grad_bias: Tensor):
+        from . import dcd_kernels as kernels
+        (pooled, squeezed, gate, hidden, phi, scale, scale_logits, mixing,
+         mixing_a1, w_in, w_gate, w_phi, w_scale, p, q, w0, mean1, var1,
+         bn1_w, bn1_b, mean2, var2, bn2_w, bn2_b) = ctx.saved_tensors
+        shape = ctx.shape
+        batch, channels = pooled.shape
+        width = w_in.shape[0]
+        out_channels, latent = p.shape
+        in_channels = q.shape[1]
+        taps = w0[0, 0].numel()
+        acc = accumulator(pooled.dtype)
+        new = pooled.new_empty
+        grad_weight = grad_weight.contiguous()
+        grad_bias = grad_bias.contiguous()
+        bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
+        bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
+
+        rows, cols, tap_tile = _fold_tiles(out_channels, in_channels, taps)
+        latent_tile = _latent_tile(latent)
+        row_tiles = cdiv(out_channels, rows)
+        col_tiles = cdiv(in_channels, cols)
+        grad_w0 = torch.empty_like(w0)
+        part_lam = new(batch, col_tiles, out_channels)
+        part_m = new(batch, col_tiles, latent, out_channels)
+        part_q = new(batch, row_tiles, latent, in_channels)
+        kernels.fold_bwd[(row_tiles, col_tiles)](
+            grad_weight, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
+            part_q, batch, out_channels, in_channels, taps, latent,
+            shape.centre, BO=rows, BC=cols, BT=tap_tile, BL=latent_tile,
+            ACC=acc)
+
+        mix_rows = 16
+        mix_tiles = cdiv(out_channels, mix_rows)
+        grad_lam_logits = new(batch, out_channels)
+        grad_p = torch.empty_like(p)
+        grad_layer_bias = new(out_channels) if ctx.has_bias else grad_p
+        part_phi = new(mix_tiles, batch, latent, latent)
+        part_bn = new(mix_tiles, 4, latent)
+        kernels.mixing_bwd[(mix_tiles, )](
+            grad_bias, part_lam, part_m, scale_logits, mixing, phi, p, *bn1,
+            *bn2, grad_lam_logits, grad_p, grad_layer_bias, part_phi,
+            part_bn, batch, out_channels, latent, col_tiles,
+            shape.temperature, HAS_AFFINE=ctx.affine,
+            HAS_BIAS=ctx.has_bias, BO=mix_rows, BL=latent_tile,
+            BP=_parts_per_load(col_tiles, mix_rows * latent_tile), ACC=acc)
+
+        squeeze_tile = next_pow2(width)
+        head_rows = max(16, min(64, 8192 // squeeze_tile))
+        head_blocks = cdiv(latent * latent + out_channels, head_rows)
+        q_cols = max(16, min(128, 1024 // latent_tile))
+        q_blocks = cdiv(in_channels, q_cols)
+        grad_w_phi = torch.empty_like(w_phi)
+        grad_w_scale = torch.empty_like(w_scale)
+        part_h = new(head_blocks, batch, width)
+        grad_q = torch.empty_like(q)
+        grad_bn = new(4, latent) if ctx.affine else grad_q
+        kernels.heads_bwd[(head_blocks + q_blocks + ctx.affine, )](
+            part_phi, grad_lam_logits, hidden, w_phi, w_scale, part_q,
+            part_bn, *bn1, *bn2, grad_w_phi, grad_w_scale, part_h, grad_q,
+            grad_bn, batch, width, latent, out_channels, in_channels,
+            mix_tiles, row_tiles, head_blocks, q_blocks, shape.temperature,
+            HAS_AFFINE=ctx.affine, BJ=head_rows, BS=squeeze_tile,
+            BL=latent_tile, BQ=q_cols,
+            BP=_parts_per_load(max(mix_tiles, batch * row_tiles),
+                               max(head_rows, latent_tile * q_cols)),
+            ACC=acc)
+
+        gate_rows = max(1, min(32, 4096 // squeeze_tile))
+        col_block = max(16, min(128, 4096 // squeeze_tile))
+        col_blocks = cdiv(channels, col_block)
+        grad_w_in = torch.empty_like(w_in)
+        grad_w_gate = torch.empty_like(w_gate)
+        grad_pooled = torch.empty_like(pooled)
+        kernels.hidden_bwd[(col_blocks + cdiv(width, gate_rows), )](
+            part_h, head_blocks, gate, squeezed, pooled, ctx.pixels, w_gate,
+            w_in, grad_w_gate, grad_w_in, grad_pooled, batch, width,
+            channels, col_blocks, BS=squeeze_tile, BR=gate_rows,
+            BC=col_block, ACC=acc)
+
+        bn_grads = (None, ) * 4
+        if ctx.affine:
+            bn_grads = tuple(grad_bn)
+        return (None, grad_pooled, None, grad_w_in, grad_w_gate, grad_w_phi,
+                grad_w_scale, grad_p, grad_q, grad_w0, None, None,
+                bn_grads[0], bn_grads[1], None, None, bn_grads[2],
+                bn_grads[3], grad_layer_bias if ctx.has_bias else None)
 
 
 def dcd_folded_kernels(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-sample kernels (B, out, in, kh, kw) and biases (B, out) of a
     :class:`~mmdyn.layers.DCDConv2d` for input ``x``, as its ``_folded_conv``
     computes them."""
-    from . import dcd_kernels as kernels
-    batch, channels, height, width = x.shape
-    acc = accumulator(x.dtype)
-    squeeze = layer.fc[0].weight.contiguous()
-    gate = layer.fc[1].fc[0].weight.contiguous()
-    width_s = squeeze.shape[0]
-    latent = layer.latent_dim
-    out_channels, in_channels = layer.out_channels, layer.in_channels
-    affine = layer.bn1.weight is not None and layer.bn2.weight is not None
-
+    height, width = x.shape[-2:]
+    # the mean's gradient is a broadcast of the pooled one (no full-size
+    # tensor written backward; see global_avg_pool)
     pooled = x.sum(dim=(2, 3))
-    squeezed = x.new_empty(batch, width_s)
-    rows = 32
-    kernels.squeeze_fwd[(batch, cdiv(width_s, rows))](
-        pooled, height * width, squeeze, squeezed, channels, width_s,
-        BS=rows, BC=128, ACC=acc)
-
-    phi = x.new_empty(batch, latent, latent)
-    scale = x.new_empty(batch, out_channels)
-    squeeze_tile = next_pow2(width_s)
-    head_rows = max(1, min(64, 8192 // squeeze_tile))
-    kernels.heads_fwd[(batch, cdiv(latent * latent + out_channels,
-                                   head_rows))](
-        squeezed, gate, layer.fc_phi.weight.contiguous(),
-        layer.fc_scale.weight.contiguous(), phi,
-        scale, width_s, latent * latent, out_channels, layer.temperature,
-        BJ=head_rows, BS=squeeze_tile, BG=min(squeeze_tile, 32), ACC=acc)
-
-    mixing = x.new_empty(batch, out_channels, latent)
-    bias = x.new_empty(batch, out_channels)
-    latent_tile = next_pow2(latent)
-    mix_rows = max(1, min(64, 4096 // latent_tile))
-    kernels.mixing_fwd[(batch, cdiv(out_channels, mix_rows))](
-        phi, layer.p.weight.contiguous(), *_bn_args(layer.bn1),
-        *_bn_args(layer.bn2),
-        layer.bias if layer.bias is not None else bias, mixing, bias,
-        out_channels, latent, HAS_AFFINE=affine,
-        HAS_BIAS=layer.bias is not None, BO=mix_rows, BL=latent_tile,
-        ACC=acc)
-
-    kh, kw = layer.kernel_size
-    taps = kh * kw
-    weight = x.new_empty(batch, out_channels, in_channels, kh, kw)
-    tap_tile = next_pow2(taps)
-    cols = min(32, next_pow2(in_channels))
-    fold_rows = max(1, min(next_pow2(out_channels),
-                           4096 // (cols * tap_tile)))
-    kernels.fold_fwd[(cdiv(out_channels, fold_rows),
-                      cdiv(in_channels, cols))](
-        mixing, scale, layer.q.weight.contiguous(), *_bn_args(layer.bn1),
-        layer.conv.weight.contiguous(), weight, batch, out_channels,
-        in_channels, taps, latent, (kh - 1) // 2 * kw + (kw - 1) // 2,
-        HAS_AFFINE=affine,
-        BO=fold_rows, BC=cols, BT=tap_tile, ACC=acc)
-    return weight, bias
+    bn1, bn2 = layer.bn1, layer.bn2
+    tensors = (pooled, height * width, layer.fc[0].weight,
+               layer.fc[1].fc[0].weight, layer.fc_phi.weight,
+               layer.fc_scale.weight, layer.p.weight.flatten(1),
+               layer.q.weight.flatten(1), layer.conv.weight,
+               bn1.running_mean, bn1.running_var, bn1.weight, bn1.bias,
+               bn2.running_mean, bn2.running_var, bn2.weight, bn2.bias,
+               layer.bias)
+    save = torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    shape = FoldShape(layer.kernel_size, float(layer.temperature),
+                      float(bn1.eps), float(bn2.eps), save)
+    return FusedDCDKernels.apply(shape, *tensors)

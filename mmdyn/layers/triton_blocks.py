@@ -19,3 +19,39 @@ def rows_times_vector(matrix, rows, rows_in, vector, n, ROWS: tl.constexpr,
                     mask=rows_in[:, None] & k_in[None, :], other=0).to(ACC)
         acc += tl.sum(w * v[None, :], axis=1)
     return acc
+
+
+@triton.jit
+def matmul(a, b, ACC: tl.constexpr):
+    """``a @ b`` of two tiles (every side >= 16), accumulated in ACC at full
+    precision (no TF32)."""
+    return tl.dot(a.to(ACC), b.to(ACC), input_precision='ieee',
+                  out_dtype=ACC)
+
+
+@triton.jit
+def sum_of_parts(parts, count, stride, offsets, mask, BP: tl.constexpr,
+                 ACC: tl.constexpr):
+    """``sum_p parts[p * stride + offsets]`` over ``p < count`` for a 1-D
+    ``offsets``, BP parts per load (not one dependent load per part)."""
+    acc = tl.zeros_like(offsets.to(ACC))
+    for p0 in range(0, count, BP):
+        p = p0 + tl.arange(0, BP)
+        acc += tl.sum(tl.load(parts + p[:, None] * stride + offsets[None, :],
+                              mask=(p < count)[:, None] & mask[None, :],
+                              other=0).to(ACC), axis=0)
+    return acc
+
+
+@triton.jit
+def sum_of_parts_2d(parts, count, stride, offsets, mask, BP: tl.constexpr,
+                    ACC: tl.constexpr):
+    """:func:`sum_of_parts` for a 2-D ``offsets``."""
+    acc = tl.zeros_like(offsets.to(ACC))
+    for p0 in range(0, count, BP):
+        p = p0 + tl.arange(0, BP)
+        acc += tl.sum(tl.load(
+            parts + p[:, None, None] * stride + offsets[None, :, :],
+            mask=(p < count)[:, None, None] & mask[None, :, :],
+            other=0).to(ACC), axis=0)
+    return acc
