@@ -1,0 +1,83 @@
+"""Every Triton kernel of mmdyn compiles for a Hopper GPU (sm_90), here on
+the CPU. The CPU interpreter that runs the kernels in the other tests does
+not type-check them as the GPU compiler does: a loop-carried variable that
+changes shape, or two branches that give one name different types, pass
+there and fail on the first GPU."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmdyn.layers.triton_support import triton_installed
+
+F32, F64 = 'tl.float32', 'tl.float64'
+#: kernel -> the constexprs of one launch, per accumulator type
+KERNELS = {
+    'dcd_kernels.squeeze_fwd': dict(BS=32, BC=128),
+    'dcd_kernels.heads_fwd': dict(SAVE=True, BJ=64, BS=64, BG=32),
+    'dcd_kernels.mixing_fwd': dict(HAS_AFFINE=True, HAS_BIAS=True, SAVE=True,
+                                   BO=64, BL=16),
+    'dcd_kernels.fold_fwd': dict(BO=16, BC=16, BT=16, BL=16),
+    'dcd_kernels.fold_bwd': dict(BO=64, BC=64, BT=1, BL=32),
+    'dcd_kernels.mixing_bwd': dict(HAS_AFFINE=True, HAS_BIAS=True, BO=16,
+                                   BL=32, BP=8),
+    'dcd_kernels.heads_bwd': dict(HAS_AFFINE=True, BJ=64, BS=64, BL=32,
+                                  BQ=32, BP=8),
+    'dcd_kernels.hidden_bwd': dict(BS=64, BR=32, BC=64),
+    'odconv_kernels.hidden_fwd': dict(HAS_AFFINE=True, BA=32, BC=128),
+    'odconv_kernels.gates_fwd': dict(NK=4, BJ=64, BA=64),
+    'odconv_kernels.fold_fwd': dict(NK=4, DEPTHWISE=False, HAS_FILTER=True,
+                                    HAS_SPATIAL=True, BO=16, BC=16, BT=16),
+    'odconv_kernels.fold_bwd': dict(NK=4, DEPTHWISE=False, HAS_FILTER=True,
+                                    HAS_SPATIAL=True, BO=16, BC=16, BT=16),
+    'odconv_kernels.heads_bwd': dict(NK=4, DEPTHWISE=False, BJ=64, BA=64,
+                                     BR=32),
+    'odconv_kernels.hidden_bwd': dict(HAS_AFFINE=True, BA=64, BR=16, BC=64),
+}
+
+SCRIPT = '''
+import importlib, inspect, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+FLOATS = {'eps', 'eps1', 'eps2', 'temperature'}
+failed = []
+for name, consts, acc in eval(sys.argv[1]):
+    module, kernel = name.split('.')
+    fn = getattr(importlib.import_module('mmdyn.layers.' + module), kernel)
+    consts = dict(consts, ACC=eval(acc))
+    pointer = '*fp64' if acc == 'tl.float64' else '*fp32'
+    params = list(inspect.signature(fn.fn).parameters)
+    signature = {}
+    for index, param in enumerate(params):
+        if param in consts:
+            signature[param] = 'constexpr'
+        elif param in FLOATS:
+            signature[param] = 'fp32'
+        elif param.isupper() or param in ('hw', 'n_blocks', 'n_row_tiles',
+                                           'n_col_tiles'):
+            signature[param] = 'i32'
+        else:
+            signature[param] = pointer
+    source = ASTSource(fn=fn, signature=signature, constexprs={
+        (params.index(k), ): v for k, v in consts.items()})
+    try:
+        triton.compile(source, target=GPUTarget('cuda', 90, 32))
+    except Exception as error:
+        failed.append(f'{name} ({acc}): {error}')
+print('\\n\\n'.join(failed))
+sys.exit(1 if failed else 0)
+'''
+
+
+@pytest.mark.skipif(not triton_installed(), reason='needs Triton')
+def test_every_kernel_compiles_for_sm90():
+    launches = [(name, consts, acc) for name, consts in KERNELS.items()
+                for acc in (F32, F64)]
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env.setdefault('TRITON_DEFAULT_FP_FUSION', '1')
+    result = subprocess.run([sys.executable, '-c', SCRIPT, repr(launches)],
+                            env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
