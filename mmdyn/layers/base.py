@@ -94,7 +94,7 @@ class DynamicConv2d(nn.Module):
     #: result is the same; only the speed differs.
     fold_attentions: Optional[bool] = None
 
-    #: For layers with fused Triton kernels (ODConv; DCD in inference):
+    #: For layers with fused Triton kernels (ODConv and DCD):
     #: use them wherever they apply (:meth:`uses_triton`). None (the
     #: default): on CUDA when Triton is installed; True: also on a CPU
     #: through Triton's interpreter (``TRITON_INTERPRET=1``, for tests), and

@@ -55,7 +55,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             ``dict(size_divisor=128)``); not with ``with_cp``. Default:
             False.
         triton_kernels (bool, optional): Fused Triton kernels in the
-            dynamic convs (ODConv; DCD in inference): None uses the layers'
+            dynamic convs (ODConv and DCD): None uses the layers'
             default (on CUDA where they apply), False turns them off, True
             also allows Triton's CPU interpreter (see
             :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`). Default:
