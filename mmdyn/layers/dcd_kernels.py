@@ -14,8 +14,8 @@ float64 inputs).
 import triton
 import triton.language as tl
 
-from .triton_blocks import (matmul, rows_times_vector, sum_of_parts,
-                            sum_of_parts_2d)
+from .triton_blocks import (fold_tile, matmul, rows_times_vector,
+                            sum_of_parts, sum_of_parts_2d)
 
 
 @triton.jit
@@ -88,6 +88,34 @@ def heads_fwd(squeezed, w_gate, w_phi, w_scale, phi, scale, gate_out,
 
 
 @triton.jit
+def _mixing_block(block, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2,
+                  eps2, CO, L, HAS_AFFINE: tl.constexpr, BO: tl.constexpr,
+                  BL: tl.constexpr, ACC: tl.constexpr):
+    """What the mixing kernels share for a block of BO output channels: its
+    rows ``o`` of P, the latent indices and masks, and both BatchNorms'
+    ``(a, c)``."""
+    o = block * BO + tl.arange(0, BO)
+    o_in = o < CO
+    lat = tl.arange(0, BL)
+    l_in = lat < L
+    tile = o_in[:, None] & l_in[None, :]
+    p_tile = tl.load(p + o[:, None] * L + lat[None, :], mask=tile,
+                     other=0).to(ACC)
+    a1, c1 = _bn_affine(lat, l_in, mean1, var1, w1, b1, eps1, HAS_AFFINE,
+                        ACC)
+    a2, c2 = _bn_affine(lat, l_in, mean2, var2, w2, b2, eps2, HAS_AFFINE,
+                        ACC)
+    return o, o_in, lat, l_in, tile, p_tile, a1, c1, a2, c2
+
+
+@triton.jit
+def _phi_tile(phi, b, lat, l_in, L):
+    """Phi(x) of sample b: (BL, BL)."""
+    return tl.load(phi + (b * L + lat[:, None]) * L + lat[None, :],
+                   mask=l_in[:, None] & l_in[None, :], other=0)
+
+
+@triton.jit
 def mixing_fwd(phi, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2, eps2,
                bias, mixing, mixing_a1, bias_out, CO, L,
                HAS_AFFINE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -99,20 +127,11 @@ def mixing_fwd(phi, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2, eps2,
     along output channels, and with ``SAVE`` also ``M`` (B, CO, L). L <=
     BL. Grid (B, cdiv(CO, BO))."""
     b = tl.program_id(0)
-    o = tl.program_id(1) * BO + tl.arange(0, BO)
-    o_in = o < CO
-    lat = tl.arange(0, BL)
-    l_in = lat < L
-    tile = o_in[:, None] & l_in[None, :]
-    p_rows = tl.load(p + o[:, None] * L + lat[None, :], mask=tile,
-                     other=0).to(ACC)
-    a1, c1 = _bn_affine(lat, l_in, mean1, var1, w1, b1, eps1, HAS_AFFINE,
-                        ACC)
-    a2, c2 = _bn_affine(lat, l_in, mean2, var2, w2, b2, eps2, HAS_AFFINE,
-                        ACC)
-    phi_b = tl.load(phi + (b * L + lat[:, None]) * L + lat[None, :],
-                    mask=l_in[:, None] & l_in[None, :], other=0)
-    acc = p_rows + matmul(p_rows * a2[None, :], phi_b, ACC)
+    o, o_in, lat, l_in, tile, p_rows, a1, c1, a2, c2 = _mixing_block(
+        tl.program_id(1), p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2,
+        eps2, CO, L, HAS_AFFINE, BO, BL, ACC)
+    acc = p_rows + matmul(p_rows * a2[None, :], _phi_tile(phi, b, lat, l_in,
+                                                          L), ACC)
     if SAVE:
         tl.store(mixing + (b * CO + o[:, None]) * L + lat[None, :], acc,
                  mask=tile)
@@ -132,25 +151,31 @@ def _latent_rows(mixing_a1, b, o, o_in, lat, CO, L):
 
 
 @triton.jit
+def _fold_operands(po, pc, w0, q, CO, CI, KK, L, CENTRE, BO: tl.constexpr,
+                   BC: tl.constexpr, BT: tl.constexpr, BL: tl.constexpr,
+                   ACC: tl.constexpr):
+    """What the fold kernels share for the (BO, BC, BT) tile (po, pc): its
+    indices, offsets and mask, its part of W0, Q's columns (BL, BC) and
+    where the centre tap is."""
+    o, c, t, offsets, mask = fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
+    lat = tl.arange(0, BL)
+    static = tl.load(w0 + offsets, mask=mask, other=0).to(ACC)
+    q_tile = tl.load(q + lat[:, None] * CI + c[None, :],
+                     mask=(lat < L)[:, None] & (c < CI)[None, :], other=0)
+    centre = (t == CENTRE)[None, None, :]
+    return o, c, lat, offsets, mask, static, q_tile, centre
+
+
+@triton.jit
 def fold_fwd(mixing_a1, scale, q, w0, out, B, CO, CI, KK, L, CENTRE,
              BO: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
              BL: tl.constexpr, ACC: tl.constexpr):
     """Per-sample kernels ``Lambda W0`` plus ``M diag(a1) Q^T`` at the
     centre tap ``CENTRE``. Grid (cdiv(CO, BO), cdiv(CI, BC))."""
-    o = tl.program_id(0) * BO + tl.arange(0, BO)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    t = tl.arange(0, BT)
-    lat = tl.arange(0, BL)
+    o, c, lat, offsets, mask, static, q_tile, centre = _fold_operands(
+        tl.program_id(0), tl.program_id(1), w0, q, CO, CI, KK, L, CENTRE, BO,
+        BC, BT, BL, ACC)
     o_in = o < CO
-    c_in = c < CI
-    offsets = (o[:, None, None] * CI + c[None, :, None]) * KK + \
-        t[None, None, :]
-    mask = o_in[:, None, None] & c_in[None, :, None] & \
-        (t < KK)[None, None, :]
-    static = tl.load(w0 + offsets, mask=mask, other=0).to(ACC)
-    q_tile = tl.load(q + lat[:, None] * CI + c[None, :],
-                     mask=(lat < L)[:, None] & c_in[None, :], other=0)
-    centre = (t == CENTRE)[None, None, :]
     for b in range(B):
         residual = matmul(_latent_rows(mixing_a1, b, o, o_in, lat, CO, L),
                           q_tile, ACC)
@@ -182,21 +207,11 @@ def fold_bwd(grad_w, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
     pc = tl.program_id(1)
     row_tiles = tl.num_programs(0)
     col_tiles = tl.num_programs(1)
-    o = po * BO + tl.arange(0, BO)
-    c = pc * BC + tl.arange(0, BC)
-    t = tl.arange(0, BT)
-    lat = tl.arange(0, BL)
+    o, c, lat, offsets, mask, static, q_tile, centre = _fold_operands(
+        po, pc, w0, q, CO, CI, KK, L, CENTRE, BO, BC, BT, BL, ACC)
     o_in = o < CO
     c_in = c < CI
     l_in = lat < L
-    offsets = (o[:, None, None] * CI + c[None, :, None]) * KK + \
-        t[None, None, :]
-    mask = o_in[:, None, None] & c_in[None, :, None] & \
-        (t < KK)[None, None, :]
-    static = tl.load(w0 + offsets, mask=mask, other=0).to(ACC)
-    q_tile = tl.load(q + lat[:, None] * CI + c[None, :],
-                     mask=l_in[:, None] & c_in[None, :], other=0)
-    centre = (t == CENTRE)[None, None, :]
     acc_w0 = tl.zeros([BO, BC, BT], ACC)
     for b in range(B):
         grad = tl.load(grad_w + b * CO * CI * KK + offsets, mask=mask,
@@ -229,17 +244,9 @@ def mixing_bwd(grad_bias, part_lam, part_m, scale_logits, mixing, phi, p,
     BatchNorms' ``a1, c1, a2, c2`` (``part_bn`` (MT, 4, L)). Grid (MT) =
     (cdiv(CO, BO))."""
     pid = tl.program_id(0)
-    o = pid * BO + tl.arange(0, BO)
-    o_in = o < CO
-    lat = tl.arange(0, BL)
-    l_in = lat < L
-    tile = o_in[:, None] & l_in[None, :]
-    p_tile = tl.load(p + o[:, None] * L + lat[None, :], mask=tile,
-                     other=0).to(ACC)
-    a1, c1 = _bn_affine(lat, l_in, mean1, var1, w1, b1, eps1, HAS_AFFINE,
-                        ACC)
-    a2, c2 = _bn_affine(lat, l_in, mean2, var2, w2, b2, eps2, HAS_AFFINE,
-                        ACC)
+    o, o_in, lat, l_in, tile, p_tile, a1, c1, a2, c2 = _mixing_block(
+        pid, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2, eps2, CO, L,
+        HAS_AFFINE, BO, BL, ACC)
     grad_m_sum = tl.zeros([BO, BL], ACC)
     # Y[o, k] = sum over samples and l of grad M[o, l] Phi[k, l]
     y = tl.zeros([BO, BL], ACC)
@@ -265,9 +272,7 @@ def mixing_bwd(grad_bias, part_lam, part_m, scale_logits, mixing, phi, p,
         grad_c1 += tl.sum(m_tile * gb[:, None], axis=0)
         grad_m = a1[None, :] * rq + gb[:, None] * c1[None, :]
         grad_m_sum += grad_m
-        phi_b = tl.load(phi + (b * L + lat[:, None]) * L + lat[None, :],
-                        mask=l_in[:, None] & l_in[None, :], other=0)
-        y += matmul(grad_m, tl.trans(phi_b), ACC)
+        y += matmul(grad_m, tl.trans(_phi_tile(phi, b, lat, l_in, L)), ACC)
         tl.store(part_phi + ((pid * B + b) * L + lat[:, None]) * L +
                  lat[None, :], matmul(tl.trans(p_tile), grad_m, ACC),
                  mask=l_in[:, None] & l_in[None, :])

@@ -14,7 +14,7 @@ or float64 for float64 inputs).
 import triton
 import triton.language as tl
 
-from .triton_blocks import rows_times_vector
+from .triton_blocks import fold_tile, rows_times_vector
 
 
 @triton.jit
@@ -112,21 +112,6 @@ def gates_fwd(h, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k, gates, A, NC, NF,
 
 
 @triton.jit
-def _fold_tile(po, pc, CO, CI, KK, BO: tl.constexpr, BC: tl.constexpr,
-               BT: tl.constexpr):
-    """Offsets and mask of a (BO, BC, BT) tile of a (CO, CI, KK) kernel, and
-    its row, column and tap indices."""
-    o = po * BO + tl.arange(0, BO)
-    c = pc * BC + tl.arange(0, BC)
-    t = tl.arange(0, BT)
-    offsets = (o[:, None, None] * CI + c[None, :, None]) * KK + \
-        t[None, None, :]
-    mask = (o < CO)[:, None, None] & (c < CI)[None, :, None] & \
-        (t < KK)[None, None, :]
-    return o, c, t, offsets, mask
-
-
-@triton.jit
 def _scales(g, o, c, t, CO, CI, KK, NC, NF, DEPTHWISE: tl.constexpr,
             HAS_FILTER: tl.constexpr, HAS_SPATIAL: tl.constexpr,
             ACC: tl.constexpr):
@@ -201,8 +186,8 @@ def fold_fwd(gates, bank, out, B, CO, CI, KK, J, NC, NF, NS,
              ACC: tl.constexpr):
     """Per-sample kernels ``a_f a_c a_s sum_n a_w W_n`` (Eq. 2). Grid
     (cdiv(CO, BO), cdiv(CI, BC))."""
-    o, c, t, offsets, mask = _fold_tile(tl.program_id(0), tl.program_id(1),
-                                        CO, CI, KK, BO, BC, BT)
+    o, c, t, offsets, mask = fold_tile(tl.program_id(0), tl.program_id(1),
+                                       CO, CI, KK, BO, BC, BT)
     single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)
     for b in range(B):
         mixed, a_c, a_f, a_s = _sample_factors(
@@ -235,7 +220,7 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
     n_col_tiles = tl.num_programs(1)
     tile = po * n_col_tiles + pc
     n_tiles = n_row_tiles * n_col_tiles
-    o, c, t, offsets, mask = _fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
+    o, c, t, offsets, mask = fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
     kernel_size = CO * CI * KK
     num_sigmoid = NC + NF + NS
     single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)

@@ -55,3 +55,18 @@ def sum_of_parts_2d(parts, count, stride, offsets, mask, BP: tl.constexpr,
             mask=(p < count)[:, None, None] & mask[None, :, :],
             other=0).to(ACC), axis=0)
     return acc
+
+
+@triton.jit
+def fold_tile(po, pc, CO, CI, KK, BO: tl.constexpr, BC: tl.constexpr,
+              BT: tl.constexpr):
+    """Offsets and mask of a (BO, BC, BT) tile of a (CO, CI, KK) kernel, and
+    its row, column and tap indices."""
+    o = po * BO + tl.arange(0, BO)
+    c = pc * BC + tl.arange(0, BC)
+    t = tl.arange(0, BT)
+    offsets = (o[:, None, None] * CI + c[None, :, None]) * KK + \
+        t[None, None, :]
+    mask = (o < CO)[:, None, None] & (c < CI)[None, :, None] & \
+        (t < KK)[None, None, :]
+    return o, c, t, offsets, mask
