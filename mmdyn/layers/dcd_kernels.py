@@ -38,6 +38,32 @@ def _bn_affine(index, mask, mean, var, weight, bias, eps,
 
 
 @triton.jit
+def _hard_sigmoid_grad(v, grad):
+    """The gradient through the gate at ``v``: relu6 passes it strictly
+    inside (0, 6)."""
+    shifted = v + 3.0
+    return tl.where((shifted > 0) & (shifted < 6), grad / 3.0, 0.0)
+
+
+@triton.jit
+def _stacked_head_rows(block, s, s_in, w_phi, w_scale, S, LL, CO,
+                       BJ: tl.constexpr, ACC: tl.constexpr):
+    """Rows ``j`` of block ``block`` of the stacked heads (``fc_phi``'s LL
+    rows, then ``fc_scale``'s CO), columns ``s``: whether each row is in
+    either head, its row there (0 outside) and the (BJ, BS) weight tile."""
+    j = block * BJ + tl.arange(0, BJ)
+    in_phi = j < LL
+    in_scale = (j >= LL) & (j < LL + CO)
+    rows_phi = tl.where(in_phi, j, 0)
+    rows_scale = tl.where(in_scale, j - LL, 0)
+    w = tl.load(w_phi + rows_phi[:, None] * S + s[None, :],
+                mask=in_phi[:, None] & s_in[None, :], other=0).to(ACC)
+    w += tl.load(w_scale + rows_scale[:, None] * S + s[None, :],
+                 mask=in_scale[:, None] & s_in[None, :], other=0).to(ACC)
+    return in_phi, in_scale, rows_phi, rows_scale, w
+
+
+@triton.jit
 def squeeze_fwd(pooled, hw, w_in, out, C, S, BS: tl.constexpr,
                 BC: tl.constexpr, ACC: tl.constexpr):
     """``fc[0]`` on the pooled mean: (B, S). Grid (B, cdiv(S, BS))."""
@@ -70,15 +96,8 @@ def heads_fwd(squeezed, w_gate, w_phi, w_scale, phi, scale, gate_out,
         if tl.program_id(1) == 0:
             tl.store(gate_out + b * S + s, gate, mask=s_in)
             tl.store(hidden_out + b * S + s, hidden, mask=s_in)
-    j = tl.program_id(1) * BJ + tl.arange(0, BJ)
-    in_phi = j < LL
-    in_scale = (j >= LL) & (j < LL + CO)
-    rows_phi = tl.where(in_phi, j, 0)
-    rows_scale = tl.where(in_scale, j - LL, 0)
-    w = tl.load(w_phi + rows_phi[:, None] * S + s[None, :],
-                mask=in_phi[:, None] & s_in[None, :], other=0).to(ACC)
-    w += tl.load(w_scale + rows_scale[:, None] * S + s[None, :],
-                 mask=in_scale[:, None] & s_in[None, :], other=0).to(ACC)
+    in_phi, in_scale, rows_phi, rows_scale, w = _stacked_head_rows(
+        tl.program_id(1), s, s_in, w_phi, w_scale, S, LL, CO, BJ, ACC)
     logits = tl.sum(w * hidden[None, :], axis=1) / temperature
     tl.store(phi + b * LL + rows_phi, logits, mask=in_phi)
     tl.store(scale + b * CO + rows_scale, _hard_sigmoid_gate(logits),
@@ -260,11 +279,9 @@ def mixing_bwd(grad_bias, part_lam, part_m, scale_logits, mixing, phi, p,
                                 ACC)
         rq = sum_of_parts_2d(part_m + b * CT * L * CO, CT, L * CO,
                              lat[None, :] * CO + o[:, None], tile, BP, ACC)
-        shifted = tl.load(scale_logits + b * CO + o, mask=o_in,
-                          other=0).to(ACC) + 3.0
-        # the gate relu6(v + 3) / 3 passes gradient strictly inside (0, 6)
-        grad_lam = tl.where((shifted > 0) & (shifted < 6), grad_lam / 3.0,
-                            0.0) / temperature
+        logits = tl.load(scale_logits + b * CO + o, mask=o_in,
+                         other=0).to(ACC)
+        grad_lam = _hard_sigmoid_grad(logits, grad_lam) / temperature
         tl.store(grad_lam_logits + b * CO + o, grad_lam, mask=o_in)
         m_tile = tl.load(mixing + (b * CO + o[:, None]) * L + lat[None, :],
                          mask=tile, other=0).to(ACC)
@@ -306,18 +323,10 @@ def heads_bwd(part_phi, grad_lam_logits, hidden, w_phi, w_scale, part_q,
     pid = tl.program_id(0)
     LL = L * L
     if pid < NH:
-        j = pid * BJ + tl.arange(0, BJ)
-        in_phi = j < LL
-        in_scale = (j >= LL) & (j < LL + CO)
-        rows_phi = tl.where(in_phi, j, 0)
-        rows_scale = tl.where(in_scale, j - LL, 0)
         s = tl.arange(0, BS)
         s_in = s < S
-        w = tl.load(w_phi + rows_phi[:, None] * S + s[None, :],
-                    mask=in_phi[:, None] & s_in[None, :], other=0).to(ACC)
-        w += tl.load(w_scale + rows_scale[:, None] * S + s[None, :],
-                     mask=in_scale[:, None] & s_in[None, :],
-                     other=0).to(ACC)
+        in_phi, in_scale, rows_phi, rows_scale, w = _stacked_head_rows(
+            pid, s, s_in, w_phi, w_scale, S, LL, CO, BJ, ACC)
         a2, _ = _bn_affine(rows_phi // L, in_phi, mean2, var2, w2, b2, eps2,
                            HAS_AFFINE, ACC)
         grad_w = tl.zeros([BJ, BS], ACC)
@@ -374,12 +383,10 @@ def _hidden_grads(part_h, NH, gate, squeezed, b, B, S, s, s_in,
     = y * g(G y)`` (``grad hidden * g``) and the gradient of the gate's
     logits (``grad hidden * y * g'``)."""
     grad_hidden = sum_of_parts(part_h + b * S, NH, B * S, s, s_in, 8, ACC)
-    shifted = tl.load(gate + b * S + s, mask=s_in, other=0).to(ACC) + 3.0
+    logits = tl.load(gate + b * S + s, mask=s_in, other=0).to(ACC)
     y = tl.load(squeezed + b * S + s, mask=s_in, other=0).to(ACC)
-    inside = (shifted > 0) & (shifted < 6)
-    grad_gate = tl.where(inside, grad_hidden * y / 3.0, 0.0)
-    gated = tl.minimum(tl.maximum(shifted, 0.0), 6.0) / 3.0
-    return grad_hidden * gated, grad_gate
+    return (grad_hidden * _hard_sigmoid_gate(logits),
+            _hard_sigmoid_grad(logits, grad_hidden * y))
 
 
 @triton.jit
