@@ -14,7 +14,7 @@ or float64 for float64 inputs).
 import triton
 import triton.language as tl
 
-from .triton_blocks import fold_tile, rows_times_vector
+from .triton_blocks import fold_tile, rows_times_vector, sum_of_parts
 
 
 @triton.jit
@@ -273,22 +273,15 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
 
 
 @triton.jit
-def _sum_parts(parts, b, j, first, count, n_parts, size, BJ: tl.constexpr,
-               BR: tl.constexpr, ACC: tl.constexpr):
+def _sum_parts(parts, b, j, first, count, n_parts, size, BR: tl.constexpr,
+               ACC: tl.constexpr):
     """sum over p of parts[b, p, j - first] for the rows j in [first,
     first + count); 0 elsewhere. ``parts`` is (B, n_parts, size)."""
     rows = j - first
     rows_in = (rows >= 0) & (rows < count)
     rows = tl.where(rows_in, rows, 0)
-    acc = tl.zeros([BJ], ACC)
-    for p0 in range(0, n_parts, BR):
-        p = p0 + tl.arange(0, BR)
-        tile = tl.load(parts + (b * n_parts + p[:, None]) * size +
-                       rows[None, :],
-                       mask=(p < n_parts)[:, None] & rows_in[None, :],
-                       other=0).to(ACC)
-        acc += tl.sum(tile, axis=0)
-    return acc
+    return sum_of_parts(parts + b * n_parts * size, n_parts, size, rows,
+                        rows_in, BR, ACC)
 
 
 @triton.jit
@@ -317,19 +310,19 @@ def heads_bwd(gates, h, w_c, w_f, w_s, w_k, part_f, part_c, part_s, part_w,
         gate = tl.load(gates + b * J + j, mask=j_in, other=0).to(ACC)
         if sigmoid_rows:
             if DEPTHWISE:
-                d_gate = _sum_parts(part_f, b, j, 0, NC, n_col_tiles, CO, BJ,
-                                    BR, ACC)
+                d_gate = _sum_parts(part_f, b, j, 0, NC, n_col_tiles, CO, BR,
+                                    ACC)
             else:
-                d_gate = _sum_parts(part_c, b, j, 0, NC, n_row_tiles, NC, BJ,
-                                    BR, ACC)
+                d_gate = _sum_parts(part_c, b, j, 0, NC, n_row_tiles, NC, BR,
+                                    ACC)
                 d_gate += _sum_parts(part_f, b, j, NC, NF, n_col_tiles, CO,
-                                     BJ, BR, ACC)
-            d_gate += _sum_parts(part_s, b, j, NC + NF, NS, n_tiles, NS, BJ,
-                                 BR, ACC)
+                                     BR, ACC)
+            d_gate += _sum_parts(part_s, b, j, NC + NF, NS, n_tiles, NS, BR,
+                                 ACC)
             d_logit = d_gate * gate * (1 - gate) / temperature
         else:
             d_gate = _sum_parts(part_w, b, j, num_sigmoid, NK, n_tiles, NK,
-                                BJ, BR, ACC)
+                                BR, ACC)
             d_logit = gate * (d_gate - tl.sum(gate * d_gate, axis=0)) / \
                 temperature
         d_logit = tl.where(j_in, d_logit, 0)
@@ -417,13 +410,7 @@ def hidden_bwd(part_h, n_blocks, pooled, hw, u, h, fc_w, mean, var, gamma,
     gamma_acc = tl.zeros([BA], ACC)
     beta_acc = tl.zeros([BA], ACC)
     for b in range(B):
-        d_h = tl.zeros([BA], ACC)
-        for r0 in range(0, n_blocks, BR):
-            r = r0 + tl.arange(0, BR)
-            d_h += tl.sum(tl.load(part_h + (r[:, None] * B + b) * A +
-                                  a[None, :],
-                                  mask=(r < n_blocks)[:, None] &
-                                  a_in[None, :], other=0).to(ACC), axis=0)
+        d_h = sum_of_parts(part_h + b * A, n_blocks, B * A, a, a_in, BR, ACC)
         hid = tl.load(h + b * A + a, mask=a_in, other=0).to(ACC)
         d_z = tl.where(hid > 0, d_h, 0)
         gamma_acc += d_z * (tl.load(u + b * A + a, mask=a_in,
