@@ -536,6 +536,30 @@ def test_gpu_accumulation_padding_and_autocast():
 
 
 @needs_cuda
+def test_gpu_inputs_that_outgrow_the_static_buffers():
+    """Inference on one small image, then training on two larger ones: the
+    static buffers grow, so the graphs go with their pool and are captured
+    again (into a new pool; the old one takes no more captures)."""
+    eager = build('dcd', 'cuda')
+    graphed = copy.deepcopy(eager)
+    runner = enable_cuda_graph(graphed)
+    eager.eval()
+    graphed.eval()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64, device='cuda')
+        assert_close_all(graphed(x), eager(x), rtol=1e-5, atol=1e-5)
+    eager.train()
+    graphed.train()
+    for shape in [(2, 3, 96, 128), (2, 3, 64, 64), (2, 3, 96, 128)]:
+        x = torch.randn(shape, device='cuda')
+        expected, actual = eager(x), graphed(x)
+        assert_close_all(actual, expected, rtol=1e-5, atol=1e-5)
+        assert_close_all(grads_of(graphed, actual), grads_of(eager, expected),
+                         rtol=1e-4, atol=1e-5)
+    assert runner.stats == {'captures': 3, 'replays': 4}
+
+
+@needs_cuda
 def test_gpu_static_memory_does_not_grow_per_shape():
     graphed = build('odconv-1x', 'cuda')
     runner = enable_cuda_graph(graphed)

@@ -464,10 +464,9 @@ class CUDAGraphForward:
         """Drop every graph and static buffer (they are captured again as
         needed), and look at the module's submodules and parameters anew:
         call it after replacing a submodule."""
-        self.graphs.clear()
+        self._drop_graphs()
         self.arenas.clear()
         self.grad_buffers.clear()
-        self.pool = None
         self._structure = None
 
     def memory_bytes(self) -> int:
@@ -665,8 +664,15 @@ class CUDAGraphForward:
         except _ArenaGrown:
             # the static buffers grew: earlier graphs point into the old
             # ones, so they go (and are captured again when needed)
-            self.graphs.clear()
+            self._drop_graphs()
             return self.graph_type(*args)
+
+    def _drop_graphs(self) -> None:
+        """Drop every graph, and their pool with them: a pool that no
+        graph uses any more cannot take another capture (PyTorch's
+        allocator asserts), so the next capture starts a new one."""
+        self.graphs.clear()
+        self.pool = None
 
     def reserve(self, name: str, tensors: List[Tensor]) -> None:
         """Make the arena ``name`` hold ``tensors``; raises
