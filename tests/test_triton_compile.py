@@ -16,9 +16,8 @@ F32, F64 = 'tl.float32', 'tl.float64'
 KERNELS = {
     'dcd_kernels.squeeze_fwd': dict(BS=32, BC=128),
     'dcd_kernels.heads_fwd': dict(SAVE=True, BJ=64, BS=64, BG=32),
-    'dcd_kernels.mixing_fwd': dict(HAS_AFFINE=True, HAS_BIAS=True, SAVE=True,
-                                   BO=64, BL=16),
-    'dcd_kernels.fold_fwd': dict(BO=16, BC=16, BT=16, BL=16),
+    'dcd_kernels.fold_fwd': dict(HAS_AFFINE=True, HAS_BIAS=True, SAVE=True,
+                                 BO=16, BC=16, BT=16, BL=16),
     'dcd_kernels.fold_bwd': dict(BO=64, BC=64, BT=1, BL=32),
     'dcd_kernels.mixing_bwd': dict(HAS_AFFINE=True, HAS_BIAS=True, BO=16,
                                    BL=32, BP=8),

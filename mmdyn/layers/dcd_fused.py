@@ -1,5 +1,5 @@
 """DCD's folded kernels as one autograd function: from the pooled input to
-the per-sample kernels and biases of Eq. 4 of the DCD paper in four Triton
+the per-sample kernels and biases of Eq. 4 of the DCD paper in three Triton
 kernels (:mod:`mmdyn.layers.dcd_kernels`), and back in four.
 
 Written with PyTorch operations, the dynamic branch and the fold of one
@@ -10,10 +10,9 @@ kernels, not arithmetic, sets their time. Here they are
 - ``squeeze_fwd``: the branch's first product, ``fc[0]`` on the pooled
   mean;
 - ``heads_fwd``: its squeeze gate, Phi(x) and Lambda(x);
-- ``mixing_fwd``: ``M = P (diag(a2) Phi + I)`` and the per-sample bias
-  ``M c1 + P c2``, the BatchNorms as the affine maps of their running
-  statistics;
-- ``fold_fwd``: ``Lambda W0 + M diag(a1) Q^T`` at the centre tap;
+- ``fold_fwd``: ``Lambda W0 + M diag(a1) Q^T`` at the centre tap, with
+  ``M = P (diag(a2) Phi + I)``, and the per-sample bias ``M c1 + P c2``,
+  the BatchNorms as the affine maps of their running statistics;
 
 and their backward in reverse (``fold_bwd``, ``mixing_bwd``, ``heads_bwd``,
 ``hidden_bwd``), which reduce in a fixed order: the results do not depend
@@ -126,26 +125,21 @@ class FusedDCDKernels(torch.autograd.Function):
 
         bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
         bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
-        mixing = new(batch, out_channels, latent) if save else scale
-        mixing_a1 = new(batch, latent, out_channels)
-        folded_bias = new(batch, out_channels)
-        latent_tile = _latent_tile(latent)
-        mix_rows = max(16, min(64, 4096 // latent_tile))
-        kernels.mixing_fwd[(batch, cdiv(out_channels, mix_rows))](
-            phi, p, *bn1, *bn2, bias if bias is not None else folded_bias,
-            mixing, mixing_a1, folded_bias, out_channels, latent,
-            HAS_AFFINE=affine, HAS_BIAS=bias is not None, SAVE=save,
-            BO=mix_rows, BL=latent_tile, ACC=acc)
-
         kh, kw = shape.kernel_size
         taps = kh * kw
         weight = new(batch, out_channels, in_channels, kh, kw)
+        folded_bias = new(batch, out_channels)
+        mixing = new(batch, out_channels, latent) if save else scale
+        mixing_a1 = new(batch, latent, out_channels) if save else scale
         rows, cols, tap_tile = _fold_tiles(out_channels, in_channels, taps)
         kernels.fold_fwd[(cdiv(out_channels, rows),
                           cdiv(in_channels, cols))](
-            mixing_a1, scale, q, w0, weight, batch, out_channels,
-            in_channels, taps, latent, shape.centre, BO=rows, BC=cols,
-            BT=tap_tile, BL=latent_tile, ACC=acc)
+            phi, scale, p, q, w0, *bn1, *bn2,
+            bias if bias is not None else folded_bias, weight, folded_bias,
+            mixing, mixing_a1, batch, out_channels, in_channels, taps, latent,
+            shape.centre, HAS_AFFINE=affine, HAS_BIAS=bias is not None,
+            SAVE=save, BO=rows, BC=cols, BT=tap_tile,
+            BL=_latent_tile(latent), ACC=acc)
 
         if save:
             ctx.shape, ctx.pixels = shape, pixels

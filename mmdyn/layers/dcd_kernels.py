@@ -135,34 +135,6 @@ def _phi_tile(phi, b, lat, l_in, L):
 
 
 @triton.jit
-def mixing_fwd(phi, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2, eps2,
-               bias, mixing, mixing_a1, bias_out, CO, L,
-               HAS_AFFINE: tl.constexpr, HAS_BIAS: tl.constexpr,
-               SAVE: tl.constexpr, BO: tl.constexpr, BL: tl.constexpr,
-               ACC: tl.constexpr):
-    """``M = P + P diag(a2) Phi`` and the per-sample bias ``M c1 + P c2 (+
-    bias)`` (B, CO): Eq. 4 of the DCD paper with the BatchNorms as affine
-    maps. Stores ``M diag(a1)`` transposed (B, L, CO), which the fold reads
-    along output channels, and with ``SAVE`` also ``M`` (B, CO, L). L <=
-    BL. Grid (B, cdiv(CO, BO))."""
-    b = tl.program_id(0)
-    o, o_in, lat, l_in, tile, p_rows, a1, c1, a2, c2 = _mixing_block(
-        tl.program_id(1), p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2,
-        eps2, CO, L, HAS_AFFINE, BO, BL, ACC)
-    acc = p_rows + matmul(p_rows * a2[None, :], _phi_tile(phi, b, lat, l_in,
-                                                          L), ACC)
-    if SAVE:
-        tl.store(mixing + (b * CO + o[:, None]) * L + lat[None, :], acc,
-                 mask=tile)
-    tl.store(mixing_a1 + (b * L + lat[None, :]) * CO + o[:, None],
-             acc * a1[None, :], mask=tile)
-    out = tl.sum(acc * c1[None, :] + p_rows * c2[None, :], axis=1)
-    if HAS_BIAS:
-        out += tl.load(bias + o, mask=o_in, other=0).to(ACC)
-    tl.store(bias_out + b * CO + o, out, mask=o_in)
-
-
-@triton.jit
 def _latent_rows(mixing_a1, b, o, o_in, lat, CO, L):
     """``M diag(a1)`` of sample b at output channels ``o``: (BO, BL)."""
     return tl.load(mixing_a1 + (b * L + lat[None, :]) * CO + o[:, None],
@@ -186,22 +158,48 @@ def _fold_operands(po, pc, w0, q, CO, CI, KK, L, CENTRE, BO: tl.constexpr,
 
 
 @triton.jit
-def fold_fwd(mixing_a1, scale, q, w0, out, B, CO, CI, KK, L, CENTRE,
-             BO: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
-             BL: tl.constexpr, ACC: tl.constexpr):
-    """Per-sample kernels ``Lambda W0`` plus ``M diag(a1) Q^T`` at the
-    centre tap ``CENTRE``. Grid (cdiv(CO, BO), cdiv(CI, BC))."""
+def fold_fwd(phi, scale, p, q, w0, mean1, var1, w1, b1, eps1, mean2, var2, w2,
+             b2, eps2, bias, out, bias_out, mixing, mixing_a1, B, CO, CI, KK,
+             L, CENTRE, HAS_AFFINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+             SAVE: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr,
+             BT: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr):
+    """Eq. 4 of the DCD paper with the BatchNorms as affine maps: per-sample
+    kernels ``Lambda W0`` plus ``M diag(a1) Q^T`` at the centre tap
+    ``CENTRE``, where ``M = P + P diag(a2) Phi``, and biases ``M c1 + P c2
+    (+ bias)``. Each program computes the rows of M of its output channels
+    (L <= BL: a small product, cheaper than a kernel of its own); those of
+    the first column store the biases and, with ``SAVE``, M (B, CO, L) and
+    ``M diag(a1)`` transposed (B, L, CO) for the backward.
+    Grid (cdiv(CO, BO), cdiv(CI, BC))."""
+    po = tl.program_id(0)
+    first_column = tl.program_id(1) == 0
     o, c, lat, offsets, mask, static, q_tile, centre = _fold_operands(
-        tl.program_id(0), tl.program_id(1), w0, q, CO, CI, KK, L, CENTRE, BO,
-        BC, BT, BL, ACC)
-    o_in = o < CO
+        po, tl.program_id(1), w0, q, CO, CI, KK, L, CENTRE, BO, BC, BT, BL,
+        ACC)
+    o, o_in, lat, l_in, tile, p_rows, a1, c1, a2, c2 = _mixing_block(
+        po, p, mean1, var1, w1, b1, eps1, mean2, var2, w2, b2, eps2, CO, L,
+        HAS_AFFINE, BO, BL, ACC)
+    static_bias = tl.sum(p_rows * c2[None, :], axis=1)
+    if HAS_BIAS:
+        static_bias += tl.load(bias + o, mask=o_in, other=0).to(ACC)
     for b in range(B):
-        residual = matmul(_latent_rows(mixing_a1, b, o, o_in, lat, CO, L),
-                          q_tile, ACC)
+        rows = p_rows + matmul(p_rows * a2[None, :],
+                               _phi_tile(phi, b, lat, l_in, L), ACC)
+        rows_a1 = rows * a1[None, :]
+        residual = matmul(rows_a1, q_tile, ACC)
         lam = tl.load(scale + b * CO + o, mask=o_in, other=0).to(ACC)
         kernel = lam[:, None, None] * static + tl.where(
             centre, residual[:, :, None], 0.0)
         tl.store(out + b * CO * CI * KK + offsets, kernel, mask=mask)
+        if first_column:
+            tl.store(bias_out + b * CO + o,
+                     tl.sum(rows * c1[None, :], axis=1) + static_bias,
+                     mask=o_in)
+            if SAVE:
+                tl.store(mixing + (b * CO + o[:, None]) * L + lat[None, :],
+                         rows, mask=tile)
+                tl.store(mixing_a1 + (b * L + lat[None, :]) * CO +
+                         o[:, None], rows_a1, mask=tile)
 
 
 # ---------------------------------------------------------------- backward
