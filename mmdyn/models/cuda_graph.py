@@ -130,16 +130,20 @@ class _Structure:
                       if callable(getattr(type(m), 'cuda_graph_key', None))]
         self.sync_batch_norms = [m for m in modules
                                  if isinstance(m, nn.SyncBatchNorm)]
+        # registering a hook adds it to one of these dicts: looking at them
+        # is several times faster than at the modules' attributes
+        self.hook_dicts = [
+            getattr(m, name) for m in modules
+            for name in ('_forward_hooks', '_forward_pre_hooks',
+                         '_backward_hooks', '_backward_pre_hooks')
+        ]
         self.last_flags = None
 
     def flags(self) -> tuple:
         return tuple([m.training for m in self.modules])
 
     def hooked(self) -> bool:
-        return any([
-            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-            or m._backward_pre_hooks for m in self.modules
-        ])
+        return any(self.hook_dicts)
 
 
 class _PendingBackward:
