@@ -17,6 +17,9 @@ How the memory stays small however many shapes are captured:
 * replaying a graph then overwrites what another graph left in the pool,
   which is safe because only one graph is in use at a time: a second call
   while a training replay still waits for its backward runs eagerly.
+* the static buffers are sized for the largest input yet; a larger one
+  drops every graph (they point into the old buffers) and their pool, and
+  the graphs are captured again as their shapes come.
 
 Inputs can be padded up to a multiple of ``size_divisor`` (bottom and right,
 with zeros, as MMDetection pads a batch), so that nearby shapes share a
