@@ -132,3 +132,41 @@ def test_detectors(tmp_path, capsys):
     assert 'profile, training step: mobilenetv2 odconv-4x' in out
     with pytest.raises(SystemExit, match='exists'):
         benchmark.main(['backbones', '--out', str(tmp_path / 'result.json')])
+
+
+def test_detector_steps_set_the_mode_where_it_changes():
+    """As MMEngine's epoch-based and validation loops: train() / eval()
+    once per switch, not every step (a dynamic detector's takes ms)."""
+    from collections import Counter
+
+    import torch
+    from torch import nn
+
+    class Counting(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+            self.calls = Counter()
+
+        def train(self, mode=True):
+            self.calls['train' if mode else 'eval'] += 1
+            return super().train(mode)
+
+        def forward(self, inputs, mode):
+            return dict(loss=(self.weight * inputs).sum()) \
+                if mode == 'loss' else [inputs]
+
+        def parse_losses(self, losses):
+            return losses['loss'], {}
+
+    model = Counting()
+    x = torch.ones(2)
+    steps = benchmark.DetectorSteps(
+        dict(model=model, data=dict(inputs=x), single=dict(inputs=x),
+             initial=model.state_dict()), 'fp32', torch.device('cpu'))
+    for step in [steps.train_step] * 3 + [steps.infer] * 3 + [
+            steps.train_step] * 2:
+        step()
+    assert model.calls == {'eval': 1, 'train': 1}
+    assert model.training and steps.finite == [True] * 5

@@ -449,7 +449,12 @@ class DetectorSteps:
             if self.dtype == torch.float16 else nullcontext()
 
     def train_step(self):
-        self.model.train()
+        # the mode is set where it changes, as MMEngine's epoch-based loop
+        # and its validation loop do; the recursive train() / eval() of a
+        # dynamic detector (hundreds of modules) costs milliseconds of CPU,
+        # which a training epoch pays once, not every step
+        if not self.model.training:
+            self.model.train()
         with self.autocast():
             losses = self.model(**self.data, mode='loss')
         loss, _ = self.model.parse_losses(losses)
@@ -460,7 +465,8 @@ class DetectorSteps:
         self.finite.append(bool(torch.isfinite(loss)))
 
     def infer(self):
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         with torch.no_grad(), self.autocast():
             self.model(**self.single, mode='predict')
 
