@@ -14,8 +14,8 @@ from .base import DynamicConv2d, IntOrPair
 from .conv_precision import pixelwise_matmul
 from .dcd_fused import (MAX_LATENT_DIM, MAX_SQUEEZE_CHANNELS,
                         dcd_folded_kernels)
-from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
-                         soften)
+from .functional import (attention_branch, batch_norm_affine, global_avg_pool,
+                         hard_sigmoid_gate, soften)
 from .side_stream import SideStream
 
 
@@ -47,17 +47,6 @@ def default_squeeze_channels(in_channels: int, latent_dim: int,
     """Width of the dynamic branch in the authors' ResNet code:
     ``max(in_channels * pool^2, L^2) // 16``, at least 4."""
     return max(max(in_channels * pool_size**2, latent_dim**2) // 16, 4)
-
-
-def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
-    """``(a, c)`` with ``bn(v) == a * v + c`` for a BatchNorm that uses its
-    running statistics."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    if bn.bias is None:
-        return scale, -bn.running_mean * scale
-    return scale, torch.addcmul(bn.bias, bn.running_mean, scale, value=-1)
 
 
 def _norm_1d_cfg(norm_cfg: dict) -> dict:
@@ -247,11 +236,38 @@ class DCDConv2d(DynamicConv2d):
                 and self.folds_attentions(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        kernels = self._per_sample_kernels(x)
+        if kernels is not None:
+            return self.per_sample(x, *kernels)
+        return self._unfolded_forward(x)
+
+    def forward_split_bias(self,
+                           x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """``forward(x)`` as ``(out, bias)``, ``forward(x) == out +
+        bias[:, :, None, None]``: where the layer folds, the per-sample
+        bias (B, out_channels) is left to the caller, which can add it in
+        a pass over ``out`` that it makes anyway (the BatchNorm after the
+        conv, :func:`mmdyn.layers.conv_then_norm`) instead of one of its
+        own. ``bias`` is None where the layer does not fold."""
+        kernels = self._per_sample_kernels(x)
+        if kernels is None:
+            return self._unfolded_forward(x), None
+        weight, bias = kernels
+        return self.per_sample(x, weight), bias
+
+    def _per_sample_kernels(self, x: Tensor
+                            ) -> Optional[Tuple[Tensor, Tensor]]:
+        """The folded kernels (B, out, in, kh, kw) and biases (B, out) of
+        input ``x``, or None where the layer does not fold."""
         if self.uses_triton(x):
-            weight, bias = dcd_folded_kernels(self, x)
-            return self.per_sample(x, weight, bias)
+            return dcd_folded_kernels(self, x)
         if self.can_fold() and self.folds_attentions(x):
-            return self._folded_conv(x)
+            return self._folded_kernels(x)
+        return None
+
+    def _unfolded_forward(self, x: Tensor) -> Tensor:
+        """Eq. 4 on the activations: the static conv's output scaled by
+        Lambda, plus the residual through the latent space."""
         dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()
@@ -275,7 +291,7 @@ class DCDConv2d(DynamicConv2d):
             bias = bias + self.bias
         return p * a2, a1[:, None] * self.q.weight.flatten(1), c1, bias
 
-    def _folded_conv(self, x: Tensor) -> Tensor:
+    def _folded_kernels(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Eq. 4 of the DCD paper as one kernel per sample, with the
         BatchNorms as affine maps ``a * v + c``:
 
@@ -306,7 +322,7 @@ class DCDConv2d(DynamicConv2d):
         weight = torch.addcmul(residual,
                                dynamics.scale[:, :, None, None, None],
                                self.conv.weight)
-        return self.per_sample(x, weight, bias.to(weight.dtype))
+        return weight, bias.to(weight.dtype)
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f', latent_dim={self.latent_dim}'

@@ -244,8 +244,8 @@ class FusedDCDKernels(torch.autograd.Function):
 
 def dcd_folded_kernels(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-sample kernels (B, out, in, kh, kw) and biases (B, out) of a
-    :class:`~mmdyn.layers.DCDConv2d` for input ``x``, as its ``_folded_conv``
-    computes them."""
+    :class:`~mmdyn.layers.DCDConv2d` for input ``x``, as its
+    ``_folded_kernels`` computes them."""
     height, width = x.shape[-2:]
     # the mean's gradient is a broadcast of the pooled one (no full-size
     # tensor written backward; see global_avg_pool)

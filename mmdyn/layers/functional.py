@@ -6,6 +6,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv_precision import pixelwise_matmul
 
@@ -70,6 +71,17 @@ def hard_sigmoid_gate(x: Tensor) -> Tensor:
     """DCD's gate ``relu6(x + 3) / 3``: 1 at x = 0, range [0, 2]. It is
     twice ``torch.nn.Hardsigmoid``, as in the authors' released code."""
     return F.relu6(x + 3.0) / 3.0
+
+
+def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """``(a, c)`` with ``bn(v) == a * v + c`` for a BatchNorm that uses its
+    running statistics."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    if bn.bias is None:
+        return scale, -bn.running_mean * scale
+    return scale, torch.addcmul(bn.bias, bn.running_mean, scale, value=-1)
 
 
 def aggregate_kernels(attention: Tensor, weight: Tensor) -> Tensor:

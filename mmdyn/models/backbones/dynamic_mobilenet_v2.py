@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
+from .conv_module import DynamicConvModule
 from .pretrained import CheckedPretrainedMixin
 from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
                     setup_triton_kernels)
@@ -20,7 +21,9 @@ ROLES = ('expand', 'depthwise', 'project', 'last')
 class DynamicInvertedResidual(BaseModule):
     """Inverted residual block whose three convs each have their own config.
 
-    Its ConvModules are named as in MMDetection's InvertedResidual:
+    Its ConvModules (:class:`DynamicConvModule`, which hand a dynamic
+    conv's per-sample bias to the norm) are named as in MMDetection's
+    InvertedResidual:
     ``expand_conv`` (1x1, absent when ``expand_ratio`` is 1),
     ``depthwise_conv`` (3x3) and ``linear_conv`` (1x1, no activation).
 
@@ -46,13 +49,13 @@ class DynamicInvertedResidual(BaseModule):
         self.with_expand_conv = expand_ratio != 1
         common = dict(norm_cfg=norm_cfg, act_cfg=act_cfg)
         if self.with_expand_conv:
-            self.expand_conv = ConvModule(
+            self.expand_conv = DynamicConvModule(
                 in_channels, mid_channels, 1, conv_cfg=conv_cfgs['expand'],
                 **common)
-        self.depthwise_conv = ConvModule(
+        self.depthwise_conv = DynamicConvModule(
             mid_channels, mid_channels, 3, stride=stride, padding=1,
             groups=mid_channels, conv_cfg=conv_cfgs['depthwise'], **common)
-        self.linear_conv = ConvModule(
+        self.linear_conv = DynamicConvModule(
             mid_channels, out_channels, 1, conv_cfg=conv_cfgs['project'],
             norm_cfg=norm_cfg, act_cfg=None)
 
@@ -168,7 +171,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
             self.layers.append(f'layer{stage + 1}')
         self.out_channel = make_divisible(1280 * widen_factor, 8) \
             if widen_factor > 1.0 else 1280
-        self.conv2 = ConvModule(
+        self.conv2 = DynamicConvModule(
             in_channels, self.out_channel, 1,
             conv_cfg=self.conv_cfg_for('last', self.num_blocks, in_channels,
                                        self.out_channel),

@@ -1,0 +1,218 @@
+"""A dynamic conv's per-sample bias added by the eval-mode BatchNorm after
+it (mmdyn/layers/bias_into_norm.py) against ``norm(conv(x))``, forward and
+every gradient; where it steps aside; and the ResNet blocks and
+MobileNetV2 ConvModules that use it against the backbone without it."""
+import pytest
+import torch
+from torch import nn
+
+import mmdyn.layers.bias_into_norm as bias_into_norm
+from layer_cases import randomize, triton_runs_here
+from mmdet.registry import MODELS
+from mmdyn.layers import DCDConv2d, ODConv2d, conv_then_norm
+
+
+def _norm(channels, affine=True, dtype=torch.float64):
+    norm = nn.BatchNorm2d(channels, affine=affine).to(dtype).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        if affine:
+            norm.weight.normal_(1, 0.5)
+            norm.bias.normal_(0, 0.5)
+    return norm
+
+
+def _dcd(kernel=3, stride=1, bias=False, triton=False, dtype=torch.float64):
+    torch.manual_seed(0)
+    conv = DCDConv2d(6, 10, kernel, stride=stride, padding=kernel // 2,
+                     bias=bias)
+    randomize(conv)
+    conv.fold_attentions = True
+    conv.triton_kernels = triton
+    return conv.to(dtype).eval()
+
+
+class _Spy:
+    """Counts the fused norm's calls."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        apply = bias_into_norm._BiasedEvalBatchNorm.apply
+
+        def counted(*args):
+            self.calls += 1
+            return apply(*args)
+
+        monkeypatch.setattr(bias_into_norm._BiasedEvalBatchNorm, 'apply',
+                            counted)
+
+
+def _run(fn, conv, norm, x):
+    """Output and the gradients of input, conv and norm parameters."""
+    inp = x.detach().clone().requires_grad_(True)
+    out = fn(inp)
+    grad_out = torch.randn(out.shape, dtype=out.dtype, device='cpu',
+                           generator=torch.Generator().manual_seed(1))
+    grad_out = grad_out.to(out.device)
+    params = [p for p in list(conv.parameters()) + list(norm.parameters())
+              if p.requires_grad]
+    grads = torch.autograd.grad((out * grad_out).sum(), [inp] + params,
+                                allow_unused=True)
+    return [out] + list(grads)
+
+
+def _assert_same(fast, reference, rtol):
+    assert len(fast) == len(reference)
+    for got, expected in zip(fast, reference):
+        assert got is not None and expected is not None
+        torch.testing.assert_close(got, expected, rtol=rtol,
+                                   atol=rtol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-10),
+                                        (torch.float32, 1e-5)])
+@pytest.mark.parametrize('case', ['3x3', '1x1 strided', 'layer bias',
+                                  'no affine', 'batch 1', 'triton'])
+def test_matches_norm_of_conv(monkeypatch, case, dtype, rtol):
+    if case == 'triton' and not triton_runs_here():
+        pytest.skip('needs Triton (CUDA, or its CPU interpreter)')
+    conv = _dcd(kernel=1 if case == '1x1 strided' else 3,
+                stride=2 if case == '1x1 strided' else 1,
+                bias=case == 'layer bias', triton=case == 'triton',
+                dtype=dtype)
+    norm = _norm(10, affine=case != 'no affine', dtype=dtype)
+    x = torch.randn(1 if case == 'batch 1' else 3, 6, 9, 7, dtype=dtype)
+    assert conv.uses_triton(x) == (case == 'triton')
+    spy = _Spy(monkeypatch)
+    fused = _run(lambda t: conv_then_norm(conv, norm, t), conv, norm, x)
+    assert spy.calls == 1
+    _assert_same(fused, _run(lambda t: norm(conv(t)), conv, norm, x), rtol)
+
+
+def test_split_bias_adds_up_to_forward():
+    conv = _dcd()
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        out, bias = conv.forward_split_bias(x)
+        assert bias.shape == (2, 10)
+        torch.testing.assert_close(out + bias[:, :, None, None], conv(x))
+        conv.fold_attentions = False  # nothing to leave: the bias is in out
+        out, bias = conv.forward_split_bias(x)
+        assert bias is None
+        torch.testing.assert_close(out, conv(x))
+
+
+@pytest.mark.parametrize('case', [
+    'norm in training', 'hook on the norm', 'hook on the conv',
+    'static conv', 'conv without a bias to leave', 'unfolded dcd',
+    'autocast'
+])
+def test_steps_aside(monkeypatch, case):
+    """Everywhere else it is ``norm(conv(x))``, hooks run."""
+    conv = _dcd()
+    norm = _norm(10)
+    calls = []
+    if case == 'norm in training':
+        norm.train()
+    elif case == 'hook on the norm':
+        norm.register_forward_hook(lambda *args: calls.append('norm'))
+    elif case == 'hook on the conv':
+        conv.register_forward_pre_hook(lambda *args: calls.append('conv'))
+    elif case == 'static conv':
+        conv = nn.Conv2d(6, 10, 3, padding=1).double()
+    elif case == 'conv without a bias to leave':
+        conv = ODConv2d(6, 10, 3, padding=1).double().eval()
+    elif case == 'unfolded dcd':
+        conv.fold_attentions = False
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    spy = _Spy(monkeypatch)
+    expected = _run(lambda t: norm(conv(t)), conv, norm, x)
+    calls.clear()
+    if case == 'autocast':
+        conv, norm, x = conv.float(), norm.float(), x.float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            got = conv_then_norm(conv, norm, x)
+            want = norm(conv(x))
+        torch.testing.assert_close(got, want)
+    else:
+        got = _run(lambda t: conv_then_norm(conv, norm, t), conv, norm, x)
+        _assert_same(got, expected, 1e-12)
+    assert spy.calls == 0
+    if case.startswith('hook'):
+        assert calls == [case.split()[-1]]
+
+
+def _backbone(cfg, x):
+    """The backbone with ``norm_eval=True``, its BatchNorms' statistics
+    those of ``x`` (untrained statistics let activations grow without
+    bound) and their affine parameters random."""
+    torch.manual_seed(0)
+    model = MODELS.build(dict(cfg, norm_eval=False)).double()
+    model.init_weights()
+    for norm in model.modules():
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            norm.momentum = 1.0
+            with torch.no_grad():
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_(0, 0.2)
+    frozen, model.frozen_stages = model.frozen_stages, -1
+    with torch.no_grad():
+        model.train()(x)
+    model.frozen_stages, model.norm_eval = frozen, True
+    return model.train()
+
+
+def _backbone_results(model, x):
+    inp = x.detach().clone().requires_grad_(True)
+    outs = model(inp)
+    generator = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, dtype=o.dtype, device='cpu',
+                                generator=generator).to(o.device)).sum()
+               for o in outs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return list(outs) + list(torch.autograd.grad(loss, [inp] + params))
+
+
+BACKBONES = {
+    'resnet18': dict(type='mmdyn.DCDResNet', depth=18, base_channels=8),
+    'resnet50': dict(type='mmdyn.DCDResNet', depth=50, base_channels=8,
+                     frozen_stages=1),
+    'resnet50 with_cp': dict(type='mmdyn.DCDResNet', depth=50,
+                             base_channels=8, with_cp=True),
+    'mobilenetv2': dict(type='mmdyn.DCDMobileNetV2', widen_factor=0.25,
+                        frozen_stages=1),
+}
+
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_backbones_match_norm_of_conv(monkeypatch, name):
+    """The blocks with the fused norm compute, forward and backward, what
+    MMDetection's blocks (``norm(conv(x))``) compute."""
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    model = _backbone(BACKBONES[name], x)
+    spy = _Spy(monkeypatch)
+    fused = _backbone_results(model, x)
+    calls = spy.calls
+    assert calls > 0
+    monkeypatch.delattr(DCDConv2d, 'forward_split_bias')
+    _assert_same(fused, _backbone_results(model, x), 1e-9)
+    assert spy.calls == calls
+
+
+def test_resnet_blocks_are_mmdets():
+    from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
+
+    from mmdyn.models.backbones.resnet_blocks import (DynamicBasicBlock,
+                                                      DynamicBottleneck)
+    model = MODELS.build(
+        dict(type='mmdyn.DCDResNet', depth=50, base_channels=8,
+             num_dynamic_blocks=2))
+    blocks = [block for stage in (model.layer1, model.layer2, model.layer3,
+                                  model.layer4) for block in stage]
+    assert [type(b) for b in blocks[-2:]] == [DynamicBottleneck] * 2
+    assert all(type(b) is Bottleneck for b in blocks[:-2])
+    model = MODELS.build(
+        dict(type='mmdyn.DCDResNet', depth=18, base_channels=8))
+    assert isinstance(model.layer1[0], DynamicBasicBlock)
+    assert isinstance(model.layer1[0], BasicBlock)
