@@ -46,13 +46,16 @@ class _BiasedEvalBatchNorm(torch.autograd.Function):
         need = ctx.needs_input_grad
         need_weight = need[4] and weight is not None
         need_norm_bias = need[5]
-        # the BatchNorm's backward on ``out``; the bias moves each sample's
-        # normalised values by ``bias / sqrt(var + eps)``, which adds
+        # the BatchNorm's backward on ``out``, as autograd runs it for an
+        # eval-mode BatchNorm (no saved batch statistics: empty tensors);
+        # the bias moves each sample's normalised values by
+        # ``bias / sqrt(var + eps)``, which adds
         # sum_hw(grad) * bias / sqrt(var + eps) to the weight's gradient
+        no_stats = mean.new_empty(0)
         grad_out, grad_weight, grad_norm_bias = \
             torch.ops.aten.native_batch_norm_backward(
-                grad, out, weight, mean, var, None, None, False, ctx.eps,
-                [need[0], need_weight, need_norm_bias])
+                grad, out, weight, mean, var, no_stats, no_stats, False,
+                ctx.eps, [need[0], need_weight, need_norm_bias])
         grad_bias = None
         if need[1] or need_weight:
             per_sample = grad.sum(dim=(2, 3))
