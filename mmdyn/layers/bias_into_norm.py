@@ -25,16 +25,17 @@ from .side_stream import SideStream
 
 class _BiasedEvalBatchNorm(torch.autograd.Function):
     """``bn(out + bias[:, :, None, None])`` for an eval-mode BatchNorm
-    ``bn`` given as its affine map (``scale``, ``shift``), computed without
-    gradients; the gradients go to ``out``, ``bias`` and the norm's
-    ``weight`` and ``norm_bias``."""
+    ``bn`` given as its affine map (``scale``, ``shift``) and ``invstd``,
+    computed without gradients; the gradients go to ``out``, ``bias`` and
+    the norm's ``weight`` and ``norm_bias``."""
 
     @staticmethod
-    def forward(ctx, out: Tensor, bias: Tensor, scale: Tensor, shift: Tensor,
-                weight: Optional[Tensor], norm_bias: Optional[Tensor],
-                mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    def forward(ctx, out: Tensor, bias: Tensor, invstd: Tensor,
+                scale: Tensor, shift: Tensor, weight: Optional[Tensor],
+                norm_bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                eps: float) -> Tensor:
         ctx.eps = eps
-        ctx.save_for_backward(out, bias, scale, weight, mean, var)
+        ctx.save_for_backward(out, bias, invstd, scale, weight, mean, var)
         sample_shift = torch.addcmul(shift, bias, scale)
         return torch.addcmul(sample_shift[:, :, None, None], out,
                              scale[:, None, None])
@@ -42,10 +43,10 @@ class _BiasedEvalBatchNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        out, bias, scale, weight, mean, var = ctx.saved_tensors
+        out, bias, invstd, scale, weight, mean, var = ctx.saved_tensors
         need = ctx.needs_input_grad
-        need_weight = need[4] and weight is not None
-        need_norm_bias = need[5]
+        need_weight = need[5] and weight is not None
+        need_norm_bias = need[6]
         # the BatchNorm's backward on ``out``, as autograd runs it for an
         # eval-mode BatchNorm (no saved batch statistics: empty tensors);
         # the bias moves each sample's normalised values by
@@ -62,10 +63,11 @@ class _BiasedEvalBatchNorm(torch.autograd.Function):
             if need[1]:
                 grad_bias = per_sample * scale
             if need_weight:
-                grad_weight = grad_weight + (per_sample * bias).sum(0) * \
-                    torch.rsqrt(var + ctx.eps)
-        return (grad_out, grad_bias, None, None, grad_weight, grad_norm_bias,
-                None, None, None)
+                grad_weight = torch.addcmul(grad_weight,
+                                            (per_sample * bias).sum(0),
+                                            invstd)
+        return (grad_out, grad_bias, None, None, None, grad_weight,
+                grad_norm_bias, None, None, None)
 
 
 def takes_bias(norm: nn.Module, x: Tensor) -> bool:
@@ -93,14 +95,16 @@ def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
     # a side stream while the conv runs
     side = SideStream(x.device)
     with side, torch.no_grad():
-        scale, shift = batch_norm_affine(norm)
+        invstd = torch.rsqrt(norm.running_var + norm.eps)
+        scale, shift = batch_norm_affine(norm, invstd)
     out, bias = split(x)
-    scale, shift = side.join((scale, shift))
+    invstd, scale, shift = side.join((invstd, scale, shift))
     if bias is None:
         return norm(out)
-    return _BiasedEvalBatchNorm.apply(out, bias, scale, shift, norm.weight,
-                                      norm.bias, norm.running_mean,
-                                      norm.running_var, norm.eps)
+    return _BiasedEvalBatchNorm.apply(out, bias, invstd, scale, shift,
+                                      norm.weight, norm.bias,
+                                      norm.running_mean, norm.running_var,
+                                      norm.eps)
 
 
 def _hooked(module: nn.Module) -> bool:

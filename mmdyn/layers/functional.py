@@ -73,10 +73,15 @@ def hard_sigmoid_gate(x: Tensor) -> Tensor:
     return F.relu6(x + 3.0) / 3.0
 
 
-def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+def batch_norm_affine(
+        bn: _BatchNorm,
+        invstd: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``(a, c)`` with ``bn(v) == a * v + c`` for a BatchNorm that uses its
-    running statistics."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    running statistics (``invstd``: ``1 / sqrt(running_var + eps)`` if the
+    caller has it)."""
+    if invstd is None:
+        invstd = torch.rsqrt(bn.running_var + bn.eps)
+    scale = invstd
     if bn.weight is not None:
         scale = scale * bn.weight
     if bn.bias is None:
