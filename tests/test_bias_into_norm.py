@@ -106,7 +106,7 @@ def test_split_bias_adds_up_to_forward():
 @pytest.mark.parametrize('case', [
     'norm in training', 'hook on the norm', 'hook on the conv',
     'static conv', 'conv without a bias to leave', 'unfolded dcd',
-    'autocast'
+    'autocast', 'half precision'
 ])
 def test_steps_aside(monkeypatch, case):
     """Everywhere else it is ``norm(conv(x))``, hooks run."""
@@ -135,6 +135,11 @@ def test_steps_aside(monkeypatch, case):
             got = conv_then_norm(conv, norm, x)
             want = norm(conv(x))
         torch.testing.assert_close(got, want)
+    elif case == 'half precision':
+        conv, norm, x = conv.bfloat16(), norm.bfloat16(), x.bfloat16()
+        with torch.no_grad():
+            torch.testing.assert_close(conv_then_norm(conv, norm, x),
+                                       norm(conv(x)))
     else:
         got = _run(lambda t: conv_then_norm(conv, norm, t), conv, norm, x)
         _assert_same(got, expected, 1e-12)

@@ -73,9 +73,10 @@ class _BiasedEvalBatchNorm(torch.autograd.Function):
 def takes_bias(norm: nn.Module, x: Tensor) -> bool:
     """Whether ``norm`` can add a conv's per-sample bias for input ``x``
     (N, C, H, W): a BatchNorm in eval mode with running statistics and
-    without hooks, outside autocast (whose BatchNorm computes in float32 on
-    half inputs), ``torch.compile`` and tracing."""
-    return (x.dim() == 4 and isinstance(norm, _BatchNorm)
+    without hooks, in float32 or float64 (a BatchNorm computes half inputs
+    in float32) outside autocast, ``torch.compile`` and tracing."""
+    return (x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and isinstance(norm, _BatchNorm)
             and not norm.training
             and norm.running_var is not None and not _hooked(norm)
             and not torch.is_autocast_enabled(x.device.type)
