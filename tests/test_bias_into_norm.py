@@ -221,3 +221,35 @@ def test_resnet_blocks_are_mmdets():
         dict(type='mmdyn.DCDResNet', depth=18, base_channels=8))
     assert isinstance(model.layer1[0], DynamicBasicBlock)
     assert isinstance(model.layer1[0], BasicBlock)
+
+
+@pytest.mark.parametrize('case', ['conv norm act', 'act conv norm',
+                                  'explicit padding', 'norm=False',
+                                  'activate=False'])
+def test_conv_module_matches_mmcvs(monkeypatch, case):
+    """DynamicConvModule computes what mmcv's ConvModule computes with the
+    same layers, through the fused norm only in the order conv, norm."""
+    from mmcv.cnn import ConvModule
+
+    from mmdyn.models.backbones.conv_module import DynamicConvModule
+    kwargs = dict(conv_cfg=dict(type='DCDConv2d'), norm_cfg=dict(type='BN'))
+    if case == 'act conv norm':
+        kwargs['order'] = ('act', 'conv', 'norm')
+    if case == 'explicit padding':
+        kwargs['padding_mode'] = 'reflect'
+    call = dict(norm=case != 'norm=False',
+                activate=case != 'activate=False')
+    torch.manual_seed(0)
+    module = DynamicConvModule(6, 10, 3, padding=1, **kwargs).double()
+    module.conv.fold_attentions = True
+    randomize(module.conv)
+    module.norm.load_state_dict(_norm(10).state_dict())
+    module.eval()
+    reference = ConvModule(6, 10, 3, padding=1, **kwargs).double().eval()
+    reference.load_state_dict(module.state_dict())
+    reference.conv.fold_attentions = True
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    spy = _Spy(monkeypatch)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, **call), reference(x, **call))
+    assert spy.calls == (case in ('conv norm act', 'activate=False'))
