@@ -200,6 +200,16 @@ class DynamicConv2d(nn.Module):
         fused Triton kernels; layers without any say False."""
         return False
 
+    def takes_input_sum(self, x: Tensor) -> bool:
+        """Whether ``forward(x, input_sum)`` would use ``input_sum``, ``x``
+        summed over its pixels (B, C), instead of summing ``x`` itself:
+        where the fused kernels run (:meth:`uses_triton`, whose attention
+        branch starts from those sums) and no forward hooks would see the
+        extra argument. A layer whose :meth:`uses_triton` can be True takes
+        ``input_sum`` in forward."""
+        return (self.uses_triton(x) and not self._forward_hooks
+                and not self._forward_pre_hooks)
+
     def _triton_can_run(self, x: Tensor, params, branches) -> bool:
         """What every fused path needs: :attr:`triton_kernels` allows it
         for ``x``'s device, a non-empty float32 or float64 input and ``params``

@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import batch_norm_affine
+from .hooks import has_hooks
 from .side_stream import SideStream
 
 
@@ -78,27 +79,31 @@ def takes_bias(norm: nn.Module, x: Tensor) -> bool:
     return (x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and isinstance(norm, _BatchNorm)
             and not norm.training
-            and norm.running_var is not None and not _hooked(norm)
+            and norm.running_var is not None and not has_hooks(norm)
             and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing())
 
 
-def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor,
+                   input_sum: Optional[Tensor] = None) -> Tensor:
     """``norm(conv(x))``, with a per-sample bias that ``conv`` leaves
     (``conv.forward_split_bias``, e.g. folded DCD) added inside an eval-mode
     BatchNorm ``norm`` (:func:`takes_bias`): one pass over the conv's output
-    fewer. Any other conv or norm, or one with hooks, is simply called."""
+    fewer. Any other conv or norm, or one with hooks, is simply called.
+    ``input_sum``, ``x``'s sums over its pixels where ``conv`` takes them
+    (:func:`mmdyn.layers.relu_then_sum.relu_then_sum`), is passed on."""
+    inputs = (x, ) if input_sum is None else (x, input_sum)
     split = getattr(conv, 'forward_split_bias', None)
-    if split is None or _hooked(conv) or not takes_bias(norm, x):
-        return norm(conv(x))
+    if split is None or has_hooks(conv) or not takes_bias(norm, x):
+        return norm(conv(*inputs))
     # the norm's affine map needs the parameters alone: it is computed on
     # a side stream while the conv runs
     side = SideStream(x.device)
     with side, torch.no_grad():
         invstd = torch.rsqrt(norm.running_var + norm.eps)
         scale, shift = batch_norm_affine(norm, invstd)
-    out, bias = split(x)
+    out, bias = split(*inputs)
     invstd, scale, shift = side.join((invstd, scale, shift))
     if bias is None:
         return norm(out)
@@ -106,10 +111,3 @@ def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
                                       norm.weight, norm.bias,
                                       norm.running_mean, norm.running_var,
                                       norm.eps)
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or module._backward_hooks or module._backward_pre_hooks
-                or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)

@@ -235,32 +235,40 @@ class DCDConv2d(DynamicConv2d):
                 and self.latent_dim <= MAX_LATENT_DIM
                 and self.folds_attentions(x))
 
-    def forward(self, x: Tensor) -> Tensor:
-        kernels = self._per_sample_kernels(x)
+    def forward(self, x: Tensor,
+                input_sum: Optional[Tensor] = None) -> Tensor:
+        """``input_sum``: ``x`` summed over its pixels (B, C), where the
+        caller has it (:meth:`takes_input_sum`); else the layer sums ``x``
+        where it needs to."""
+        kernels = self._per_sample_kernels(x, input_sum)
         if kernels is not None:
             return self.per_sample(x, *kernels)
         return self._unfolded_forward(x)
 
-    def forward_split_bias(self,
-                           x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward_split_bias(
+            self,
+            x: Tensor,
+            input_sum: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """``forward(x)`` as ``(out, bias)``, ``forward(x) == out +
         bias[:, :, None, None]``: where the layer folds, the per-sample
         bias (B, out_channels) is left to the caller, which can add it in
         a pass over ``out`` that it makes anyway (the BatchNorm after the
         conv, :func:`mmdyn.layers.conv_then_norm`) instead of one of its
         own. ``bias`` is None where the layer does not fold."""
-        kernels = self._per_sample_kernels(x)
+        kernels = self._per_sample_kernels(x, input_sum)
         if kernels is None:
             return self._unfolded_forward(x), None
         weight, bias = kernels
         return self.per_sample(x, weight), bias
 
-    def _per_sample_kernels(self, x: Tensor
-                            ) -> Optional[Tuple[Tensor, Tensor]]:
+    def _per_sample_kernels(
+            self, x: Tensor, input_sum: Optional[Tensor]
+    ) -> Optional[Tuple[Tensor, Tensor]]:
         """The folded kernels (B, out, in, kh, kw) and biases (B, out) of
         input ``x``, or None where the layer does not fold."""
         if self.uses_triton(x):
-            return dcd_folded_kernels(self, x)
+            return dcd_folded_kernels(self, x, input_sum)
         if self.can_fold() and self.folds_attentions(x):
             return self._folded_kernels(x)
         return None

@@ -242,14 +242,17 @@ class FusedDCDKernels(torch.autograd.Function):
                 bn_grads[3], grad_layer_bias if ctx.has_bias else None)
 
 
-def dcd_folded_kernels(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
+def dcd_folded_kernels(layer, x: Tensor,
+                       input_sum: Optional[Tensor] = None
+                       ) -> Tuple[Tensor, Tensor]:
     """Per-sample kernels (B, out, in, kh, kw) and biases (B, out) of a
-    :class:`~mmdyn.layers.DCDConv2d` for input ``x``, as its
-    ``_folded_kernels`` computes them."""
+    :class:`~mmdyn.layers.DCDConv2d` for input ``x`` (summed over its
+    pixels: ``input_sum`` if given), as its ``_folded_kernels`` computes
+    them."""
     height, width = x.shape[-2:]
     # the mean's gradient is a broadcast of the pooled one (no full-size
     # tensor written backward; see global_avg_pool)
-    pooled = x.sum(dim=(2, 3))
+    pooled = x.sum(dim=(2, 3)) if input_sum is None else input_sum
     bn1, bn2 = layer.bn1, layer.bn2
     tensors = (pooled, height * width, layer.fc[0].weight,
                layer.fc[1].fc[0].weight, layer.fc_phi.weight,

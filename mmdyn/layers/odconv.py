@@ -203,9 +203,11 @@ class ODConv2d(DynamicConv2d):
                 and self.kernel_num <= MAX_KERNELS
                 and self.folds_attentions(x))
 
-    def _fused_kernels(self, x: Tensor) -> Tensor:
+    def _fused_kernels(self, x: Tensor,
+                       input_sum: Optional[Tensor]) -> Tensor:
         """Per-sample kernels (B, out, in / groups, kh, kw) with every
-        attention folded in, from :class:`FusedODKernels`."""
+        attention folded in, from :class:`FusedODKernels`, for input ``x``
+        summed over its pixels (``input_sum`` if given)."""
         att = self.attention
         bn = att.bn
         heads = [getattr(att, name, None) for name in att._HEADS]
@@ -222,15 +224,19 @@ class ODConv2d(DynamicConv2d):
         for head in heads:
             head_args += [None, None] if head is None else [
                 head.weight.contiguous(), head.bias]
-        pooled = x.sum(dim=(2, 3))
+        pooled = x.sum(dim=(2, 3)) if input_sum is None else input_sum
         return FusedODKernels.apply(
             layout, pooled, x.shape[2] * x.shape[3], self.temperature,
             att.fc.weight.contiguous(), bn.weight, bn.bias, bn.running_mean,
             bn.running_var, bn.eps, *head_args, self.weight.contiguous())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor,
+                input_sum: Optional[Tensor] = None) -> Tensor:
+        """``input_sum``: ``x`` summed over its pixels (B, C), where the
+        caller has it (:meth:`takes_input_sum`); else the layer sums ``x``
+        where it needs to."""
         if self.uses_triton(x):
-            return self.per_sample(x, self._fused_kernels(x),
+            return self.per_sample(x, self._fused_kernels(x, input_sum),
                                    self._per_sample_bias(x.shape[0]))
         attention = self.attention(x, self.temperature)
         fold = self.folds_attentions(x)
