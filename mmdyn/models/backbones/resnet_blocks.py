@@ -1,13 +1,16 @@
 """MMDetection's residual blocks, with each conv and its norm applied by
 :func:`mmdyn.layers.conv_then_norm`: a dynamic conv's per-sample bias (folded
 DCD) is then added by the eval-mode BatchNorm after it, in the pass that
-the norm makes anyway. The blocks' layers, names and arguments are
-MMDetection's; with any other conv or norm they compute exactly what
-MMDetection's blocks do."""
+the norm makes anyway. The ReLU before a conv whose attention pools its
+input also sums its output for it, in its own pass
+(:func:`mmdyn.layers.relu_then_sum.relu_then_sum`). The blocks' layers, names
+and arguments are MMDetection's; with any other conv or norm they compute
+exactly what MMDetection's blocks do."""
 import torch.utils.checkpoint as cp
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 
 from ...layers.bias_into_norm import conv_then_norm
+from ...layers.relu_then_sum import relu_then_sum
 
 
 def _run(block, inner_forward, x):
@@ -26,8 +29,10 @@ class DynamicBasicBlock(BasicBlock):
     def forward(self, x):
 
         def _inner_forward(x):
-            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
-            out = conv_then_norm(self.conv2, self.norm2, out)
+            out, out_sum = relu_then_sum(
+                self.relu, conv_then_norm(self.conv1, self.norm1, x),
+                self.conv2)
+            out = conv_then_norm(self.conv2, self.norm2, out, out_sum)
             identity = x if self.downsample is None else self.downsample(x)
             out += identity
             return out
@@ -43,13 +48,16 @@ class DynamicBottleneck(Bottleneck):
     def forward(self, x):
 
         def _inner_forward(x):
-            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
+            out, out_sum = self._relu_for(
+                conv_then_norm(self.conv1, self.norm1, x), self.conv2)
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.relu(conv_then_norm(self.conv2, self.norm2, out))
+            out, out_sum = self._relu_for(
+                conv_then_norm(self.conv2, self.norm2, out, out_sum),
+                self.conv3)
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = conv_then_norm(self.conv3, self.norm3, out)
+            out = conv_then_norm(self.conv3, self.norm3, out, out_sum)
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv3_plugin_names)
             identity = x if self.downsample is None else self.downsample(x)
@@ -57,6 +65,13 @@ class DynamicBottleneck(Bottleneck):
             return out
 
         return _run(self, _inner_forward, x)
+
+    def _relu_for(self, x, conv):
+        """``relu(x)`` and its sums for ``conv`` (None where a plugin comes
+        between them and changes its input)."""
+        if self.with_plugins:
+            return self.relu(x), None
+        return relu_then_sum(self.relu, x, conv)
 
 
 #: MMDetection's block -> the one that hands biases to its norms
