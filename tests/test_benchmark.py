@@ -118,6 +118,46 @@ def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
     assert layers[1] and all(m.triton_kernels is False for m in layers[1])
 
 
+def test_without_measures_a_copy_with_the_speed_up_off(
+        tmp_path, capsys, monkeypatch):
+    from mmdyn.layers import DCDConv2d, DynamicConv2d
+    built = []
+    build = benchmark.build_detectors
+
+    def recording(args, device):
+        built.extend(build(args, device))
+        return built
+
+    monkeypatch.setattr(benchmark, 'build_detectors', recording)
+    result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
+                 'condconv-8x', 'odconv-1x', 'dcd', '--without',
+                 'bias-split', 'relu-sums', '--reps', '1')
+    assert [(r['method'], r['without']) for r in result['rows']] == [
+        ('static', None), ('condconv-8x', None), ('odconv-1x', None),
+        ('odconv-1x', 'relu-sums'), ('dcd', None), ('dcd', 'bias-split'),
+        ('dcd', 'relu-sums')]
+    assert '| dcd, without bias-split | fp32 |' in capsys.readouterr().out
+
+    def layers(entry, kind=DynamicConv2d):
+        found = [m for m in entry['model'].modules() if isinstance(m, kind)]
+        assert found
+        return found
+
+    for entry in built[1:]:
+        off = {vars(m).get('takes_input_sum') is benchmark._takes_no_input_sum
+               for m in layers(entry)}
+        assert off == {entry['without'] == 'relu-sums'}
+    for entry in built[4:]:
+        split = {m.forward_split_bias is None
+                 for m in layers(entry, DCDConv2d)}
+        assert split == {entry['without'] == 'bias-split'}
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['backbones', '--without', 'bias-split'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['detectors', '--without', 'relu-sums',
+                              '--triton', 'off'])
+
+
 def test_detectors(tmp_path, capsys):
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
                  'odconv-4x', '--profile', '5')

@@ -24,9 +24,13 @@ Speed settings, to compare in separate runs: ``--per-sample loop`` (one
 conv per sample instead of the batch folded into the groups),
 ``--triton off`` (ODConv and DCD without their fused Triton kernels;
 ``--triton both`` measures the detectors both ways in one run) and
-``--channels-last`` apply to every model. ``--cuda-graph`` (backbones
-replay CUDA graphs: :func:`mmdyn.enable_cuda_graph`) and ``--compile``
-(``torch.compile`` of the backbone, in ``--compile-mode``) apply to every
+``--channels-last`` apply to every model. ``--without bias-split
+relu-sums`` adds, for the detectors, a copy of each method with that
+speed-up of the blocks turned off (DCD's bias added by the BatchNorm; the
+ReLU's sums handed to the fused kernels), timed in the same turns.
+``--cuda-graph`` (backbones replay CUDA graphs:
+:func:`mmdyn.enable_cuda_graph`) and ``--compile`` (``torch.compile`` of
+the backbone, in ``--compile-mode``) apply to every
 method, the static one too, and the eager static model is measured as well:
 it stays the reference of every ratio.
 
@@ -148,11 +152,43 @@ def reference(rows, row, **same) -> dict:
 def label(row) -> str:
     text = row['method'] + ('' if row['mode'] == 'eager' else
                             f" ({row['mode']})")
-    return text + (', no Triton' if row.get('triton') == 'off' else '')
+    text += ', no Triton' if row.get('triton') == 'off' else ''
+    return text + (f", without {row['without']}" if row.get('without')
+                   else '')
 
 
 #: methods whose layers have fused Triton kernels (``--triton both``)
 FUSED_METHODS = ('odconv-1x', 'odconv-4x', 'dcd')
+
+
+def _without_bias_split(model: nn.Module) -> None:
+    """DCD's folded bias added by the conv, not by the BatchNorm after it
+    (:func:`mmdyn.layers.conv_then_norm` finds no ``forward_split_bias``)."""
+    from mmdyn.layers import DCDConv2d
+    for module in model.modules():
+        if isinstance(module, DCDConv2d):
+            module.forward_split_bias = None
+
+
+def _takes_no_input_sum(x) -> bool:
+    return False
+
+
+def _without_relu_sums(model: nn.Module) -> None:
+    """Every dynamic conv sums its input itself (the ReLU before it is
+    MMDetection's, :mod:`mmdyn.layers.relu_then_sum`)."""
+    from mmdyn.layers import DynamicConv2d
+    for module in model.modules():
+        if isinstance(module, DynamicConv2d):
+            module.takes_input_sum = _takes_no_input_sum
+
+
+#: ``--without``: name -> (the methods it applies to, what turns it off in a
+#: built detector)
+WITHOUT = {
+    'bias-split': (('dcd', ), _without_bias_split),
+    'relu-sums': (FUSED_METHODS, _without_relu_sums),
+}
 
 
 def speed_mode(backbone: nn.Module, args, mode: str) -> nn.Module:
@@ -398,12 +434,16 @@ def build_detectors(args, device) -> list:
                 '-')[0]
             config = osp.join(REPO, 'configs', folder,
                               f'{args.detector}_{part}_fpn_1x_coco.py')
-            variants = ['off' if args.triton == 'off' else 'auto']
+            triton = 'off' if args.triton == 'off' else 'auto'
+            variants = [(triton, None)]
             if method == 'static':
-                variants = ['auto']  # no fused kernels to turn off
-            elif args.triton == 'both' and method in FUSED_METHODS:
-                variants.append('off')
-            for triton in variants:
+                variants = [('auto', None)]  # no fused kernels to turn off
+            else:
+                if args.triton == 'both' and method in FUSED_METHODS:
+                    variants.append(('off', None))
+                variants += [(triton, name) for name in args.without
+                             if method in WITHOUT[name][0]]
+            for triton, without in variants:
                 cfg = Config.fromfile(config)
                 cfg.model.backbone.init_cfg = None
                 if triton == 'off':
@@ -411,10 +451,12 @@ def build_detectors(args, device) -> list:
                 torch.manual_seed(0)
                 model = in_memory_format(
                     initialised(MODELS.build(cfg.model)).to(device), args)
+                if without:
+                    WITHOUT[without][1](model)
                 model.backbone = speed_mode(model.backbone, args, mode)
                 built.append(dict(
                     family=family, method=method, mode=mode, triton=triton,
-                    model=model,
+                    without=without, model=model,
                     data=detector_inputs(model, 2, *args.shape, device,
                                          args.detector == 'mask-rcnn'),
                     single=detector_inputs(model, 1, *args.shape, device,
@@ -491,7 +533,7 @@ def bench_detectors(args, device):
                                             entry['model'].backbone))
             row = dict(family=entry['family'], method=entry['method'],
                        mode=entry['mode'], triton=entry['triton'],
-                       precision=precision,
+                       without=entry['without'], precision=precision,
                        train_ms=train, infer_ms=infer,
                        train_mem_mb=step_memory_mb(step.train_step, device),
                        infer_mem_mb=step_memory_mb(step.infer, device))
@@ -625,6 +667,13 @@ def parse_args(argv=None):
                         'mmdyn.layers.DynamicConv2d); detectors: both '
                         'measures those methods with and without them, in '
                         'the same run')
+    parser.add_argument('--without', nargs='+', default=[],
+                        choices=list(WITHOUT),
+                        help='detectors: also measure each method that has '
+                        'it with this speed-up turned off (bias-split: '
+                        "DCD's bias added by the BatchNorm; relu-sums: the "
+                        "ReLU's pixel sums handed to ODConv's and DCD's "
+                        'fused kernels), in the same run')
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in channels-last memory '
                         'format (static ones too)')
@@ -654,6 +703,11 @@ def parse_args(argv=None):
         parser.error('--triton both: for detectors only')
     if args.profile and args.what != 'detectors':
         parser.error('--profile: for detectors only')
+    if args.without and args.what != 'detectors':
+        parser.error('--without: for detectors only')
+    if 'relu-sums' in args.without and args.triton == 'off':
+        parser.error('--without relu-sums: the sums go to the fused Triton '
+                     'kernels, which --triton off turns off')
     batch, shape = DEFAULTS[args.what]
     args.batch = args.batch or batch
     args.shape = tuple(args.shape or shape)
