@@ -141,3 +141,18 @@ def compare(layer, reference, x, atol):
         errors.append((got - expected).abs().max().item() / scale)
     assert max(errors) < atol, errors
     return max(errors)
+
+
+class ApplySpy:
+    """Counts the calls of an autograd Function (its ``apply``, replaced
+    through ``monkeypatch``)."""
+
+    def __init__(self, monkeypatch, function):
+        self.calls = 0
+        apply = function.apply
+
+        def counted(*args):
+            self.calls += 1
+            return apply(*args)
+
+        monkeypatch.setattr(function, 'apply', counted)

@@ -95,9 +95,8 @@ def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
         benchmark.parse_args(['layers', '--cuda-graph'])
 
 
-def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
-                                                      monkeypatch):
-    from mmdyn.layers import DynamicConv2d
+def recorded_builds(monkeypatch) -> list:
+    """The list that the detectors the benchmark builds will be put in."""
     built = []
     build = benchmark.build_detectors
 
@@ -106,6 +105,13 @@ def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
         return built
 
     monkeypatch.setattr(benchmark, 'build_detectors', recording)
+    return built
+
+
+def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
+                                                      monkeypatch):
+    from mmdyn.layers import DynamicConv2d
+    built = recorded_builds(monkeypatch)
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
                  'condconv-8x', 'dcd', '--triton', 'both', '--reps', '1')
     assert [(r['method'], r['triton']) for r in result['rows']] == [
@@ -121,14 +127,7 @@ def test_triton_both_measures_fused_methods_both_ways(tmp_path, capsys,
 def test_without_measures_a_copy_with_the_speed_up_off(
         tmp_path, capsys, monkeypatch):
     from mmdyn.layers import DCDConv2d, DynamicConv2d
-    built = []
-    build = benchmark.build_detectors
-
-    def recording(args, device):
-        built.extend(build(args, device))
-        return built
-
-    monkeypatch.setattr(benchmark, 'build_detectors', recording)
+    built = recorded_builds(monkeypatch)
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
                  'condconv-8x', 'odconv-1x', 'dcd', '--without',
                  'bias-split', 'relu-sums', '--reps', '1')

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mmdyn.layers.bias_into_norm as bias_into_norm
-from layer_cases import randomize, triton_runs_here
+from layer_cases import ApplySpy, randomize, triton_runs_here
 from mmdet.registry import MODELS
 from mmdyn.layers import DCDConv2d, ODConv2d, conv_then_norm
 
@@ -31,21 +31,6 @@ def _dcd(kernel=3, stride=1, bias=False, triton=False, dtype=torch.float64):
     conv.fold_attentions = True
     conv.triton_kernels = triton
     return conv.to(dtype).eval()
-
-
-class _Spy:
-    """Counts the fused norm's calls."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        apply = bias_into_norm._BiasedEvalBatchNorm.apply
-
-        def counted(*args):
-            self.calls += 1
-            return apply(*args)
-
-        monkeypatch.setattr(bias_into_norm._BiasedEvalBatchNorm, 'apply',
-                            counted)
 
 
 def _run(fn, conv, norm, x):
@@ -84,7 +69,7 @@ def test_matches_norm_of_conv(monkeypatch, case, dtype, rtol):
     norm = _norm(10, affine=case != 'no affine', dtype=dtype)
     x = torch.randn(1 if case == 'batch 1' else 3, 6, 9, 7, dtype=dtype)
     assert conv.uses_triton(x) == (case == 'triton')
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, bias_into_norm._BiasedEvalBatchNorm)
     fused = _run(lambda t: conv_then_norm(conv, norm, t), conv, norm, x)
     assert spy.calls == 1
     _assert_same(fused, _run(lambda t: norm(conv(t)), conv, norm, x), rtol)
@@ -126,7 +111,7 @@ def test_steps_aside(monkeypatch, case):
     elif case == 'unfolded dcd':
         conv.fold_attentions = False
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, bias_into_norm._BiasedEvalBatchNorm)
     expected = _run(lambda t: norm(conv(t)), conv, norm, x)
     calls.clear()
     if case == 'autocast':
@@ -196,7 +181,7 @@ def test_backbones_match_norm_of_conv(monkeypatch, name):
     MMDetection's blocks (``norm(conv(x))``) compute."""
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     model = _backbone(BACKBONES[name], x)
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, bias_into_norm._BiasedEvalBatchNorm)
     fused = _backbone_results(model, x)
     calls = spy.calls
     assert calls > 0
@@ -249,7 +234,7 @@ def test_conv_module_matches_mmcvs(monkeypatch, case):
     reference.load_state_dict(module.state_dict())
     reference.conv.fold_attentions = True
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, bias_into_norm._BiasedEvalBatchNorm)
     with torch.no_grad():
         torch.testing.assert_close(module(x, **call), reference(x, **call))
     assert spy.calls == (case in ('conv norm act', 'activate=False'))

@@ -8,28 +8,13 @@ import torch
 from torch import nn
 
 import mmdyn.layers.relu_then_sum as relu_then_sum_module
-from layer_cases import randomize, triton_runs_here
+from layer_cases import ApplySpy, randomize, triton_runs_here
 from mmdyn.layers import DCDConv2d, DynamicConv2d, ODConv2d
 from mmdyn.layers.relu_then_sum import relu_then_sum
 
 pytestmark = pytest.mark.skipif(
     not triton_runs_here(),
     reason='needs Triton (CUDA, or its CPU interpreter)')
-
-
-class _Spy:
-    """Counts the fused ReLU's calls."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        apply = relu_then_sum_module._ReLUThenSum.apply
-
-        def counted(*args):
-            self.calls += 1
-            return apply(*args)
-
-        monkeypatch.setattr(relu_then_sum_module._ReLUThenSum, 'apply',
-                            counted)
 
 
 def _input(shape, dtype):
@@ -151,7 +136,7 @@ def test_steps_aside(monkeypatch, case):
     x = _input((2, 6, 5, 5), torch.float64)
     if case == 'channels last':
         x = x.to(memory_format=torch.channels_last)
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, relu_then_sum_module._ReLUThenSum)
     out, sums = relu_then_sum(relu, x, conv)
     assert sums is None and spy.calls == 0
     torch.testing.assert_close(out, relu(x))
@@ -179,7 +164,7 @@ def test_layers_given_the_sums_match_their_own(monkeypatch, make, dtype,
         return [out] + list(torch.autograd.grad(
             (out * grad_out).sum(), [inp] + params, allow_unused=True))
 
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, relu_then_sum_module._ReLUThenSum)
     assert conv.takes_input_sum(x)
     fused = run(lambda t: conv(*relu_then_sum(relu, t, conv)))
     assert spy.calls == 1
@@ -234,7 +219,7 @@ def test_backbones_match_themselves_without_it(monkeypatch, name):
         return False
 
     monkeypatch.setattr(DynamicConv2d, 'takes_input_sum', recorded)
-    spy = _Spy(monkeypatch)
+    spy = ApplySpy(monkeypatch, relu_then_sum_module._ReLUThenSum)
     fused = _backbone_results(model, x)
     # every conv that follows a ReLU in a block was given sums somewhere
     assert given == ({'conv2'} if 'resnet18' in name else
