@@ -117,12 +117,13 @@ def _dcd(triton=True, dtype=torch.float64):
 
 
 @pytest.mark.parametrize('case', [
-    'conv2d', 'relu6', 'hooked relu', 'hooked conv', 'channels last',
-    'conv without triton', 'training conv'
+    'conv2d', 'relu6', 'hooked relu', 'hooked conv', 'conv backward hook',
+    'channels last', 'conv without triton', 'training conv'
 ])
 def test_steps_aside(monkeypatch, case):
     """Where the conv would not use the sums, or the fused pass would skip
-    something, it is ``(relu(x), None)``, with the module's own call."""
+    something, it is ``(relu(x), None)``, with the module's own call; an
+    input of the same size is fused otherwise."""
     relu = nn.ReLU6() if case == 'relu6' else nn.ReLU()
     conv = nn.Conv2d(6, 8, 3) if case == 'conv2d' else _od(
         triton=case != 'conv without triton')
@@ -133,7 +134,11 @@ def test_steps_aside(monkeypatch, case):
         relu.register_forward_hook(lambda *args: calls.append('relu'))
     if case == 'hooked conv':
         conv.register_forward_pre_hook(lambda *args: calls.append('conv'))
-    x = _input((2, 6, 5, 5), torch.float64)
+    if case == 'conv backward hook':
+        # it would see the sums' gradient among the conv's input gradients
+        conv.register_full_backward_hook(lambda *args: calls.append('conv'))
+    x = _input((2, 6, 7, 9), torch.float64)
+    assert relu_then_sum(nn.ReLU(), x, _od())[1] is not None
     if case == 'channels last':
         x = x.to(memory_format=torch.channels_last)
     spy = ApplySpy(monkeypatch, relu_then_sum_module._ReLUThenSum)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .functional import per_sample_conv2d
+from .hooks import has_hooks
 from .triton_support import (check_triton_kernels, interpreting,
                              triton_installed)
 
@@ -204,11 +205,10 @@ class DynamicConv2d(nn.Module):
         """Whether ``forward(x, input_sum)`` would use ``input_sum``, ``x``
         summed over its pixels (B, C), instead of summing ``x`` itself:
         where the fused kernels run (:meth:`uses_triton`, whose attention
-        branch starts from those sums) and no forward hooks would see the
-        extra argument. A layer whose :meth:`uses_triton` can be True takes
-        ``input_sum`` in forward."""
-        return (self.uses_triton(x) and not self._forward_hooks
-                and not self._forward_pre_hooks)
+        branch starts from those sums) and no hooks would see the extra
+        argument or its gradient. A layer whose :meth:`uses_triton` can be
+        True takes ``input_sum`` in forward."""
+        return self.uses_triton(x) and not has_hooks(self)
 
     def _triton_can_run(self, x: Tensor, params, branches) -> bool:
         """What every fused path needs: :attr:`triton_kernels` allows it
