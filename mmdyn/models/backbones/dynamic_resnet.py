@@ -7,7 +7,7 @@ from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .resnet_blocks import DYNAMIC_BLOCKS
+from .resnet_blocks import DYNAMIC_BLOCKS, run_blocks
 from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
                     setup_triton_kernels)
 
@@ -103,6 +103,20 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
         if self.num_dynamic_blocks is None:
             return True
         return index >= total - self.num_dynamic_blocks
+
+    def forward(self, x):
+        """As mmdet's ``ResNet.forward``; the residual blocks run through
+        :func:`.resnet_blocks.run_blocks`, where each hands the sums of
+        its output to the next one's first conv."""
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        x = self.maxpool(x)
+        outs = run_blocks((getattr(self, name) for name in self.res_layers),
+                          x)
+        return tuple(out for i, out in enumerate(outs)
+                     if i in self.out_indices)
 
     def train(self, mode: bool = True):
         super().train(mode)
