@@ -295,6 +295,8 @@ def test_blocks_with_hooks_run_as_modules(monkeypatch, hooked):
         assert missing not in given and 'layer1.0.conv2' in given
     # mmdet returns the stages in their order, whatever out_indices' order
     assert [o.shape[1] for o in plain[:3]] == [8, 16, 64]
+    # a conv summing its input itself adds in another order: gradients of
+    # about 2e8 here differ in float64 by a few 1e-9 on a GPU
     for a, b in zip(hooks, plain):
-        torch.testing.assert_close(a, b, rtol=1e-9,
-                                   atol=1e-9 * max(1, b.abs().max().item()))
+        torch.testing.assert_close(a, b, rtol=1e-7,
+                                   atol=1e-7 * max(1, b.abs().max().item()))
