@@ -173,6 +173,35 @@ def test_detectors(tmp_path, capsys):
         benchmark.main(['backbones', '--out', str(tmp_path / 'result.json')])
 
 
+def test_profile_counts_each_kernel_once():
+    """On a GPU an operator's self device time is that of the kernels it
+    launched, which are entries of their own: the total adds the kernels
+    only (summing both counted every kernel twice)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, device_us, cpu_us, count=1):
+        return SimpleNamespace(key=key, device_type=device_type,
+                               self_device_time_total=device_us,
+                               self_cpu_time_total=cpu_us, count=count)
+
+    events = [event('_ReplayBackward', DeviceType.CPU, 3000, 50),
+              event('aten::add_', DeviceType.CPU, 1000, 20, 2),
+              event('graph_kernel', DeviceType.CUDA, 3000, 0, 40),
+              event('add_kernel', DeviceType.CUDA, 1000, 0, 2),
+              event('aten::empty', DeviceType.CPU, 0, 5)]
+    gpu = benchmark.summarise_profile(events, cuda=True, top=3)
+    assert gpu['kernels'] == 42 and gpu['total_ms'] == 4.0
+    assert [(t['name'], t['kind']) for t in gpu['top']] == [
+        ('_ReplayBackward', 'operator'), ('graph_kernel', 'kernel'),
+        ('aten::add_', 'operator')]
+    cpu = benchmark.summarise_profile(events, cuda=False, top=2)
+    assert cpu['kernels'] == 4 and cpu['total_ms'] == 0.075
+    assert [t['name'] for t in cpu['top']] == ['_ReplayBackward',
+                                               'aten::add_']
+
+
 def test_detector_steps_set_the_mode_where_it_changes():
     """As MMEngine's epoch-based and validation loops: train() / eval()
     once per switch, not every step (a dynamic detector's takes ms)."""

@@ -561,10 +561,8 @@ def bench_detectors(args, device):
 
 
 def profile_step(step, device, top: int) -> dict:
-    """One call of ``step`` under torch.profiler: the number of device
-    kernels it launched (CPU: operators) and its ``top`` operators by self
-    time on the device (CPU: on the CPU)."""
-    from torch.autograd import DeviceType
+    """One call of ``step`` under torch.profiler, summarised by
+    :func:`summarise_profile`."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
@@ -574,7 +572,21 @@ def profile_step(step, device, top: int) -> dict:
         step()
         if cuda:
             torch.cuda.synchronize(device)
-    events = prof.key_averages()
+    return summarise_profile(prof.key_averages(), cuda, top)
+
+
+def summarise_profile(events, cuda: bool, top: int) -> dict:
+    """The number of device kernels (CPU: operators), their total self
+    time on the device (CPU: on the CPU), and the ``top`` entries by that
+    time, operators and kernels alike (``kind``). An operator's device time
+    is that of the kernels it launched (a graph replay's: its graph's
+    kernels), which are entries of their own too: the total counts the
+    kernels alone, each once."""
+    from torch.autograd import DeviceType
+
+    def kind(event):
+        return 'operator' if event.device_type == DeviceType.CPU \
+            else 'kernel'
 
     def self_us(event):
         return event.self_device_time_total if cuda else \
@@ -582,11 +594,10 @@ def profile_step(step, device, top: int) -> dict:
 
     timed = sorted((e for e in events if self_us(e) > 0), key=self_us,
                    reverse=True)
-    kernels = sum(e.count for e in events if e.device_type ==
-                  DeviceType.CUDA) if cuda else sum(e.count for e in timed)
-    return dict(kernels=kernels,
-                total_ms=sum(self_us(e) for e in timed) / 1e3,
-                top=[dict(name=e.key[:80], ms=self_us(e) / 1e3,
+    counted = [e for e in timed if kind(e) == 'kernel'] if cuda else timed
+    return dict(kernels=sum(e.count for e in counted),
+                total_ms=sum(self_us(e) for e in counted) / 1e3,
+                top=[dict(name=e.key[:80], kind=kind(e), ms=self_us(e) / 1e3,
                           count=e.count) for e in timed[:top]])
 
 
@@ -600,10 +611,11 @@ def profile_tables(result) -> str:
             f"\nprofile, training step: {r['family']} {label(r)} "
             f"{r['precision']}: {prof['kernels']} kernels, "
             f"{prof['total_ms']:.1f} ms", '',
-            '| operator / kernel | self ms | calls |', '|---|---|---|'
+            '| operator / kernel | kind | self ms | calls |',
+            '|---|---|---|---|'
         ]
-        lines += [f"| `{t['name']}` | {t['ms']:.2f} | {t['count']} |"
-                  for t in prof['top']]
+        lines += [f"| `{t['name']}` | {t.get('kind', '')} | {t['ms']:.2f} "
+                  f"| {t['count']} |" for t in prof['top']]
     return '\n'.join(lines)
 
 
