@@ -202,17 +202,15 @@ BACKBONES = {
 }
 
 
-@pytest.mark.parametrize('name', list(BACKBONES))
-def test_backbones_match_themselves_without_it(monkeypatch, name):
-    """The blocks that hand the ReLU's sums to the next conv compute,
-    forward and backward, what they compute without."""
-    from test_bias_into_norm import _backbone, _backbone_results
-    # DCD's statistics from 2 pixels (the last stage at 32x32) overflow
-    size = 64 if name.startswith('dcd') else 32
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, device='cpu',
-                    generator=torch.Generator().manual_seed(0)).to(
-                        torch.get_default_device())
-    model = _backbone(dict(BACKBONES[name], triton_kernels=True), x)
+def _backbone_input(size):
+    return torch.randn(2, 3, size, size, dtype=torch.float64, device='cpu',
+                       generator=torch.Generator().manual_seed(0)).to(
+                           torch.get_default_device())
+
+
+def _record_sums_given(monkeypatch, model) -> set:
+    """The names of ``model``'s convs given sums from now on: a set that
+    fills as the model runs."""
     names = {id(m): n for n, m in model.named_modules()}
     given = set()
     takes = DynamicConv2d.takes_input_sum
@@ -224,6 +222,18 @@ def test_backbones_match_themselves_without_it(monkeypatch, name):
         return False
 
     monkeypatch.setattr(DynamicConv2d, 'takes_input_sum', recorded)
+    return given
+
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_backbones_match_themselves_without_it(monkeypatch, name):
+    """The blocks that hand the ReLU's sums to the next conv compute,
+    forward and backward, what they compute without."""
+    from test_bias_into_norm import _backbone, _backbone_results
+    # DCD's statistics from 2 pixels (the last stage at 32x32) overflow
+    x = _backbone_input(64 if name.startswith('dcd') else 32)
+    model = _backbone(dict(BACKBONES[name], triton_kernels=True), x)
+    given = _record_sums_given(monkeypatch, model)
     spy = ApplySpy(monkeypatch, relu_then_sum_module._ReLUThenSum)
     fused = _backbone_results(model, x)
     # every conv that follows a ReLU was given sums somewhere (those of the
@@ -251,25 +261,14 @@ def test_blocks_with_hooks_run_as_modules(monkeypatch, hooked):
     """A block or stage with hooks is called (its hooks run) and is handed
     no sums; the outputs are the same, in MMDetection's order of stages."""
     from test_bias_into_norm import _backbone, _backbone_results
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, device='cpu',
-                    generator=torch.Generator().manual_seed(0)).to(
-                        torch.get_default_device())
+    x = _backbone_input(64)
     model = _backbone(
         dict(type='mmdyn.ODResNet', depth=18, base_channels=8,
              kernel_num=2, out_indices=(3, 0, 1), triton_kernels=True), x)
     names = {id(m): n for n, m in model.named_modules()}
-    given = []
-    takes = DynamicConv2d.takes_input_sum
-
-    def recorded(layer, inp):
-        if takes(layer, inp):
-            given.append(names[id(layer)])
-            return True
-        return False
-
-    monkeypatch.setattr(DynamicConv2d, 'takes_input_sum', recorded)
+    given = _record_sums_given(monkeypatch, model)
     plain = _backbone_results(model, x)
-    assert {'layer1.1.conv1', 'layer2.0.conv1'} <= set(given)
+    assert {'layer1.1.conv1', 'layer2.0.conv1'} <= given
     calls = []
 
     def hook(module, args, output):
@@ -287,7 +286,7 @@ def test_blocks_with_hooks_run_as_modules(monkeypatch, hooked):
     finally:
         handle.remove()
     if hooked == 'global':
-        assert given == [] and 'layer1.1' in calls
+        assert given == set() and 'layer1.1' in calls
     else:
         assert calls == [{'block': 'layer1.1', 'stage': 'layer2'}[hooked]]
         missing = ('layer1.1.conv1' if hooked == 'block' else
