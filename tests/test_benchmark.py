@@ -152,6 +152,9 @@ def test_without_measures_a_copy_with_the_speed_up_off(
         assert split == {entry['without'] == 'bias-split'}
     with pytest.raises(SystemExit):
         benchmark.parse_args(['backbones', '--without', 'bias-split'])
+    for flag in ('--profile', '--phases'):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(['layers', flag, '2'])
     with pytest.raises(SystemExit):
         benchmark.parse_args(['detectors', '--without', 'relu-sums',
                               '--triton', 'off'])
@@ -159,16 +162,22 @@ def test_without_measures_a_copy_with_the_speed_up_off(
 
 def test_detectors(tmp_path, capsys):
     result = run(tmp_path, 'detectors', '--shape', '64', '96', '--methods',
-                 'odconv-4x', '--profile', '5')
+                 'odconv-4x', '--profile', '5', '--phases', '2')
     assert [r['method'] for r in result['rows']] == ['static', 'odconv-4x']
     assert all(r['all_losses_finite'] and r['train_ms'] > 0
                for r in result['rows'])
     static, dynamic = (r['profile'] for r in result['rows'])
     assert len(dynamic['top']) == 5 and dynamic['top'][0]['ms'] > 0
     assert dynamic['kernels'] > static['kernels'] > 0
+    for row in result['rows']:
+        assert list(row['phases_ms']) == list(benchmark.PHASES)
+        assert all(t >= 0 for t in row['phases_ms'].values())
+        assert row['phases_ms']['forward'] > 0
     out = capsys.readouterr().out
     assert 'faster-rcnn: training step' in out
     assert 'profile, training step: mobilenetv2 odconv-4x' in out
+    assert '| mobilenetv2 | odconv-4x | fp32 | ' in out.split(
+        'training step by phase')[1]
     with pytest.raises(SystemExit, match='exists'):
         benchmark.main(['backbones', '--out', str(tmp_path / 'result.json')])
 

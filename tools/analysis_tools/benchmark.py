@@ -18,7 +18,10 @@ neck only, as mmcv 2.1's RoIAlign has no bfloat16 kernel); a non-finite loss
 is reported.
 
 ``--profile N`` adds, for the detectors, a profile of one training step:
-how many kernels it launches and its N most expensive ones.
+how many kernels it launches, their GPU time, and its N most expensive
+operators and kernels. ``--phases N`` times N more training steps by phase:
+how long the CPU takes to issue the forward, the backward and the
+optimizer's step, and how long the device then still runs.
 
 Speed settings, to compare in separate runs: ``--per-sample loop`` (one
 conv per sample instead of the batch folded into the groups),
@@ -490,7 +493,9 @@ class DetectorSteps:
         return torch.autocast(self.device.type, dtype=self.dtype) \
             if self.dtype == torch.float16 else nullcontext()
 
-    def train_step(self):
+    def train_step(self, mark=lambda: None):
+        """One training step; ``mark()`` is called after each of its
+        phases (:data:`PHASES`) but the last."""
         # the mode is set where it changes, as MMEngine's epoch-based loop
         # and its validation loop do; the recursive train() / eval() of a
         # dynamic detector (hundreds of modules) costs milliseconds of CPU,
@@ -500,10 +505,13 @@ class DetectorSteps:
         with self.autocast():
             losses = self.model(**self.data, mode='loss')
         loss, _ = self.model.parse_losses(losses)
+        mark()
         self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
+        mark()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        mark()
         self.finite.append(bool(torch.isfinite(loss)))
 
     def infer(self):
@@ -511,6 +519,36 @@ class DetectorSteps:
             self.model.eval()
         with torch.no_grad(), self.autocast():
             self.model(**self.single, mode='predict')
+
+
+#: the phases of a training step that ``--phases`` times
+PHASES = ('forward', 'backward', 'optimizer', 'wait')
+
+
+def step_phases(steps: 'DetectorSteps', device, reps: int) -> dict:
+    """Median wall times (ms) of a training step's phases over ``reps``
+    steps: until the forward and the losses, the backward, and the
+    optimizer's step have been issued by the CPU, then the wait for the
+    device to finish (the finiteness check reads the loss). A phase also
+    holds whatever the device made it wait for (the heads read some
+    results back), so a long ``wait`` is device work still queued, and a
+    step whose phases take longer than its device work is bound by the
+    CPU."""
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        marks = [time.perf_counter()]
+        steps.train_step(mark=lambda: marks.append(time.perf_counter()))
+        synchronize(device)
+        marks.append(time.perf_counter())
+        times.append([(b - a) * 1e3 for a, b in zip(marks, marks[1:])])
+    return {phase: statistics.median(column)
+            for phase, column in zip(PHASES, zip(*times))}
+
+
+def synchronize(device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def bench_detectors(args, device):
@@ -540,6 +578,8 @@ def bench_detectors(args, device):
             if args.profile:
                 row['profile'] = profile_step(step.train_step, device,
                                               args.profile)
+            if args.phases:
+                row['phases_ms'] = step_phases(step, device, args.phases)
             step.restore()
             row['all_losses_finite'] = all(step.finite)
             if graphs is not None:  # how often it captured and replayed
@@ -616,6 +656,22 @@ def profile_tables(result) -> str:
         ]
         lines += [f"| `{t['name']}` | {t.get('kind', '')} | {t['ms']:.2f} "
                   f"| {t['count']} |" for t in prof['top']]
+    return '\n'.join(lines)
+
+
+def phase_table(result) -> str:
+    rows = [r for r in result['rows'] if 'phases_ms' in r]
+    if not rows:
+        return ''
+    lines = ['\ntraining step by phase (ms, medians; CPU until issued, then '
+             'the wait for the device)', '',
+             '| backbone | method | precision | ' + ' | '.join(PHASES) +
+             ' | all |', '|---' * (len(PHASES) + 4) + '|']
+    for r in rows:
+        phases = [r['phases_ms'][p] for p in PHASES]
+        lines.append(f"| {r['family']} | {label(r)} | {r['precision']} | " +
+                     ' | '.join(f'{t:.1f}' for t in phases) +
+                     f' | {sum(phases):.1f} |')
     return '\n'.join(lines)
 
 
@@ -703,6 +759,10 @@ def parse_args(argv=None):
                         help='detectors: profile one training step, and '
                         'list its N most expensive kernels and its kernel '
                         'count')
+    parser.add_argument('--phases', type=int, default=0, metavar='N',
+                        help='detectors: time the phases of N more training '
+                        'steps (forward, backward, optimizer, the wait for '
+                        'the device)')
     parser.add_argument('--out', help='write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.compile and args.cuda_graph:
@@ -713,8 +773,9 @@ def parse_args(argv=None):
                          'detectors only')
     if args.triton == 'both' and args.what != 'detectors':
         parser.error('--triton both: for detectors only')
-    if args.profile and args.what != 'detectors':
-        parser.error('--profile: for detectors only')
+    for flag in ('profile', 'phases'):
+        if getattr(args, flag) and args.what != 'detectors':
+            parser.error(f'--{flag}: for detectors only')
     if args.without and args.what != 'detectors':
         parser.error('--without: for detectors only')
     if 'relu-sums' in args.without and args.triton == 'off':
@@ -751,8 +812,8 @@ def main(argv=None):
         table = backbone_table(result, args.batch, args.shape)
     else:
         result = bench_detectors(args, device)
-        table = detector_table(result, args.detector) + profile_tables(
-            result)
+        table = detector_table(result, args.detector) + phase_table(
+            result) + profile_tables(result)
     device_name = torch.cuda.get_device_name(device) \
         if device.type == 'cuda' else 'cpu'
     result.update(what=args.what, device=device_name, batch=args.batch,
