@@ -48,8 +48,7 @@ class _SummedBlock:
         """The block's output and, where ``next_conv`` (the conv it feeds)
         takes them, its sums over the pixels (else None). ``x_sum``:
         ``x``'s sums, where the previous block made them for ``conv1``."""
-        return _run(self, lambda inp, inp_sum: self._inner_forward(
-            inp, inp_sum), x, x_sum, next_conv)
+        return _run(self, self._inner_forward, x, x_sum, next_conv)
 
 
 class DynamicBasicBlock(_SummedBlock, BasicBlock):
