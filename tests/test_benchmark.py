@@ -88,7 +88,15 @@ def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
         ('static', 'eager'), ('static', 'cuda-graph'),
         ('odconv-1x', 'cuda-graph')]
     assert result['rows'][0]['train_ratio'] == 1.0 and result['cuda_graph']
-    assert '| odconv-1x (cuda-graph) | fp32 |' in capsys.readouterr().out
+    # also against the static model in the same mode
+    eager, static, dynamic = result['rows']
+    assert 'mode_ratios' not in eager
+    assert static['mode_ratios'] == dict(train=1.0, infer=1.0)
+    assert dynamic['mode_ratios']['train'] == pytest.approx(
+        dynamic['train_ms'] / static['train_ms'])
+    out = capsys.readouterr().out
+    assert '| odconv-1x (cuda-graph) | fp32 |' in out
+    assert '| 1.00x / 1.00x |' in out
     with pytest.raises(SystemExit):
         benchmark.parse_args(['detectors', '--compile', '--cuda-graph'])
     with pytest.raises(SystemExit):
