@@ -113,27 +113,24 @@ def run_blocks(stages: Iterable[nn.Module], x: Tensor) -> list:
     the sums of its output for its ``conv1`` (where that conv takes them),
     from the pass of its last ReLU. A stage with hooks, or that is not an
     ``nn.Sequential``, is called as it is, and hands on no sums."""
-    stages = list(stages)
-    units = []  # (stage index, block or whole stage)
-    for index, stage in enumerate(stages):
-        if type(stage) in (nn.Sequential, ResLayer) and not has_hooks(
-                stage):
-            units += [(index, block) for block in stage]
-        else:
-            units.append((index, stage))
+    # each stage as its blocks, or as one unit where it must be called
+    groups = [
+        list(stage) if type(stage) in (nn.Sequential, ResLayer)
+        and not has_hooks(stage) else [stage] for stage in stages
+    ]
+    units = [unit for group in groups for unit in group]
+    summing = [_summing(unit) for unit in units] + [False]
     outs = []
     x_sum = None
     position = 0
-    for index in range(len(stages)):
-        while position < len(units) and units[position][0] == index:
-            unit = units[position][1]
-            position += 1
-            following = units[position][1] if position < len(units) \
-                else None
-            if _summing(unit):
-                next_conv = following.conv1 if _summing(following) else None
+    for group in groups:
+        for unit in group:
+            if summing[position]:
+                next_conv = units[position + 1].conv1 \
+                    if summing[position + 1] else None
                 x, x_sum = unit.forward_summed(x, x_sum, next_conv)
             else:
                 x, x_sum = unit(x), None
+            position += 1
         outs.append(x)
     return outs
