@@ -619,8 +619,7 @@ def profile_step(step, device, top: int) -> dict:
     step()
     with profile(activities=activities) as prof:
         step()
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
     return summarise_profile(prof.key_averages(), cuda, top)
 
 
