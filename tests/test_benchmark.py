@@ -250,8 +250,11 @@ def test_detector_steps_set_the_mode_where_it_changes():
     steps = benchmark.DetectorSteps(
         dict(model=model, data=dict(inputs=x), single=dict(inputs=x),
              initial=model.state_dict()), 'fp32', torch.device('cpu'))
+    # train() before the first step, as MMEngine's loop: it applies
+    # norm_eval, which a model built in training mode has not had
+    assert model.calls == {'train': 1}
     for step in [steps.train_step] * 3 + [steps.infer] * 3 + [
             steps.train_step] * 2:
         step()
-    assert model.calls == {'eval': 1, 'train': 1}
+    assert model.calls == {'eval': 1, 'train': 2}
     assert model.training and steps.finite == [True] * 5

@@ -489,6 +489,10 @@ class DetectorSteps:
         self.finite = []
         self.restore = backbone_autocast(self.model, self.dtype) \
             if self.dtype == torch.bfloat16 else (lambda: None)
+        # as MMEngine's training loop does before its first step: train()
+        # is what applies the backbone's norm_eval (a model is built in
+        # training mode, its BatchNorms then with batch statistics)
+        self.model.train()
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) \
