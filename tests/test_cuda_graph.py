@@ -69,7 +69,8 @@ class EagerGraph:
 
     def __init__(self, forward, module, params, example, bucket,
                  with_backward, owner):
-        self.forward, self.bucket = forward, bucket
+        self.forward, self.bucket, self.owner = forward, bucket, owner
+        self.module = module
         self.params = [p for p in params if p.requires_grad
                        ] if with_backward else []
         self.input_grad = with_backward and example.requires_grad
@@ -92,7 +93,10 @@ class EagerGraph:
         return cg.crop_sizes(self.output_sizes, self.bucket, size)
 
     def replay_forward(self, x, crops):
-        with torch.enable_grad():
+        # on new leaves, as a capture: hooks on the parameters do not run
+        with torch.enable_grad(), \
+                cg._parameters_as_new_leaves(self.module) as leaves:
+            self.leaves = [leaves[id(p)] for p in self.params]
             self.input = self._padded(x.detach()).requires_grad_(
                 self.input_grad)
             self.outputs = cg._flatten(self.forward(self.input))
@@ -107,12 +111,20 @@ class EagerGraph:
                 full = torch.zeros_like(output)
                 full[cg._region(crop)] = grad
                 pairs.append((output, full))
-        inputs = ([self.input] if self.input_grad else []) + self.params
-        result = torch.autograd.grad([o for o, _ in pairs], inputs,
-                                     [g for _, g in pairs], allow_unused=True)
-        grad_input = result[0][..., :size[0], :size[1]] \
+        inputs = ([self.input] if self.input_grad else []) + self.leaves
+        result = list(torch.autograd.grad([o for o, _ in pairs], inputs,
+                                          [g for _, g in pairs],
+                                          allow_unused=True))
+        grad_input = result.pop(0)[..., :size[0], :size[1]] \
             if self.input_grad else None
-        return grad_input, list(result[len(inputs) - len(self.params):])
+        # the parameters' gradients stay in the owner's buffers, as a
+        # backward graph leaves them
+        self.grad_block = self.owner.gradient_block()
+        self.param_has_grad = [g is not None for g in result]
+        for param, grad in zip(self.params, result):
+            if grad is not None:
+                self.grad_block.buffer(param).copy_(grad)
+        return grad_input
 
 
 class StandInForward(CUDAGraphForward):
@@ -128,9 +140,17 @@ def trainable(model):
 
 
 def grads_of(model, outputs, weights=None):
+    """The trainable parameters' gradients of a loss of ``outputs``, as
+    ``backward()`` leaves them in ``.grad`` (emptied first)."""
     loss = sum((o * w).sum() if weights else o.square().sum()
                for o, w in zip(outputs, weights or outputs))
-    return torch.autograd.grad(loss, trainable(model))
+    return backward_grads(model, loss)
+
+
+def backward_grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return [p.grad for p in trainable(model)]
 
 
 def assert_close_all(actual, expected, **tol):
@@ -159,31 +179,6 @@ def test_crop_sizes():
     # outputs without a spatial size only fit the bucket itself
     assert cg.crop_sizes([(2, 10)], (64, 64), (64, 64)) == [(2, 10)]
     assert cg.crop_sizes([(2, 10)], (64, 64), (32, 64)) is None
-
-
-def test_gradient_copies_become_grad_without_another_copy():
-    """The graph's gradient buffers reach .grad as copies in one block,
-    which autograd keeps (no copy of its own); the buffers stay apart."""
-    params = [nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(4))]
-    buffers = [torch.randn_like(p) for p in params]
-
-    class Replay(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, *weights):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            return (grad, *cg.owned_copies(buffers))
-
-    Replay.apply(torch.ones(1, requires_grad=True), *params).sum().backward()
-    block = params[0].grad.untyped_storage().data_ptr()
-    assert params[1].grad.untyped_storage().data_ptr() == block
-    for param, buffer in zip(params, buffers):
-        assert torch.equal(param.grad, buffer)
-        assert param.grad.data_ptr() != buffer.data_ptr()
-    mixed = [torch.zeros(2), torch.zeros(2, dtype=torch.float64)]
-    assert cg.owned_copies(mixed) is mixed
 
 
 def test_arena_views_keep_strides_and_alignment():
@@ -222,6 +217,7 @@ def test_parameters_as_new_leaves():
     (dict(max_graphs=0), 'max_graphs'),
     (dict(max_graphs=2.0), 'max_graphs'),
     (dict(warmup_iters=0), 'warmup_iters'),
+    (dict(param_grads='grad'), 'param_grads must be one of'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -298,10 +294,12 @@ def test_called_with_other_arguments():
 # ------------------------------------------------------------ dispatching
 
 
+@pytest.mark.parametrize('param_grads', ['direct', 'autograd'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('method', ['odconv-1x', 'dcd', 'static'])
-def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
-    eager, graphed, runner = twins(method)
+def test_replay_node_gives_eager_outputs_and_gradients(
+        method, dtype, param_grads):
+    eager, graphed, runner = twins(method, param_grads=param_grads)
     eager.to(dtype)
     graphed.to(dtype)
     eager.train()
@@ -312,10 +310,16 @@ def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
         expected, actual = eager(x), graphed(x)
         assert_close_all(actual, expected, **tol)
         weights = [torch.randn_like(o) for o in expected]
-        assert_close_all(grads_of(graphed, actual, weights),
-                         grads_of(eager, expected, weights), **tol)
+        if param_grads == 'autograd':  # the parameters are in the graph
+            loss = sum((o * w).sum() for o, w in zip(actual, weights))
+            actual_grads = torch.autograd.grad(loss, trainable(graphed))
+        else:
+            actual_grads = grads_of(graphed, actual, weights)
+        assert_close_all(actual_grads, grads_of(eager, expected, weights),
+                         **tol)
     assert runner.stats == {'captures': 2, 'replays': 3}
-    assert runner.memory_bytes() == 0  # the stand-in holds no device memory
+    # the stand-in's only buffers are those of the gradients
+    assert runner.memory_bytes() == runner.gradient_block().nbytes()
     # BatchNorm buffers (attention ones included) took the same steps
     assert_close_all(list(graphed.buffers()), list(eager.buffers()), **tol)
 
@@ -331,6 +335,67 @@ def test_gradients_accumulate_in_grad():
     assert_close_all([p.grad for p in trainable(graphed)],
                      [p.grad for p in trainable(eager)], rtol=1e-5,
                      atol=1e-6)
+
+
+def replay_edges(outputs):
+    """How many tensors the replay node of ``outputs`` passes gradients
+    to (the input's, the parameters' or the anchor's AccumulateGrad)."""
+    return sum(node is not None
+               for node, _ in outputs[-1].grad_fn.next_functions)
+
+
+def test_direct_gradients_skip_autograd_per_parameter():
+    """param_grads='direct': the replay node passes no gradient to
+    autograd but the anchor's; its backward fills .grad."""
+    eager, graphed, runner = twins(param_grads='direct')
+    eager.train()
+    graphed.train()
+    x = torch.randn(2, 3, 32, 32)
+    actual = graphed(x)
+    assert replay_edges(actual) == 1
+    assert_close_all(grads_of(graphed, actual), grads_of(eager, eager(x)),
+                     rtol=1e-5, atol=1e-6)
+    assert runner.anchor(x.device).grad is None
+
+
+@pytest.mark.parametrize('reason', ['default', 'hook', 'post_hook',
+                                    'process_group'])
+def test_gradients_through_autograd(reason, monkeypatch):
+    """Autograd hands the gradients over by default, and with 'direct'
+    when a parameter has hooks (they run, as in eager) or a process group
+    is initialised (DDP's hooks)."""
+    eager, graphed, _ = twins(**({} if reason == 'default' else dict(
+        param_grads='direct')))
+    eager.train()
+    graphed.train()
+    calls = []
+    if reason == 'hook':
+        for model in (eager, graphed):
+            trainable(model)[-1].register_hook(lambda grad: grad * 3)
+    if reason == 'post_hook':
+        trainable(graphed)[-1].register_post_accumulate_grad_hook(
+            calls.append)
+    if reason == 'process_group':
+        monkeypatch.setattr(cg, 'distributed', lambda: True)
+    x = torch.randn(2, 3, 32, 32)
+    actual = graphed(x)
+    assert replay_edges(actual) == len(trainable(graphed))
+    assert_close_all(grads_of(graphed, actual), grads_of(eager, eager(x)),
+                     rtol=1e-5, atol=1e-6)
+    assert len(calls) == (reason == 'post_hook')
+
+
+def test_gradient_of_the_input_alone_leaves_grad_alone():
+    """torch.autograd.grad and backward(inputs=...) for the input replay
+    the backward, but write no parameter's .grad."""
+    _, graphed, _ = twins('static', dict(frozen_stages=-1),
+                          param_grads='direct')
+    graphed.train()
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    torch.autograd.grad(sum(o.sum() for o in graphed(x)), x)
+    sum(o.sum() for o in graphed(x)).backward(inputs=[x])
+    assert x.grad is not None
+    assert all(p.grad is None for p in graphed.parameters())
 
 
 def test_input_gradient():
@@ -439,11 +504,11 @@ def test_second_call_before_backward_runs_eagerly():
         second = graphed(x2)
     loss = sum(o.sum() for o in first) + sum(o.square().sum()
                                              for o in second)
-    actual = torch.autograd.grad(loss, trainable(graphed))
+    actual = backward_grads(graphed, loss)
     loss = sum(o.sum() for o in eager(x1)) + sum(o.square().sum()
                                                  for o in eager(x2))
-    assert_close_all(actual, torch.autograd.grad(loss, trainable(eager)),
-                     rtol=1e-5, atol=1e-6)
+    assert_close_all(actual, backward_grads(eager, loss), rtol=1e-5,
+                     atol=1e-6)
     assert runner.stats['eager_pending_backward'] == 1
     graphed(x1)  # the backward ran: a replay again
     graphed(x1)  # outputs dropped without backward: nothing is pending
@@ -480,11 +545,12 @@ def test_not_under_compile(monkeypatch):
 
 
 @needs_cuda
+@pytest.mark.parametrize('param_grads', ['autograd', 'direct'])
 @pytest.mark.parametrize('method', list(BACKBONES))
-def test_gpu_graphs_equal_eager(method):
+def test_gpu_graphs_equal_eager(method, param_grads):
     eager = build(method, 'cuda')
     graphed = copy.deepcopy(eager)
-    runner = enable_cuda_graph(graphed)
+    runner = enable_cuda_graph(graphed, param_grads=param_grads)
     for mode in ('train', 'eval'):
         eager.train(mode == 'train')
         graphed.train(mode == 'train')

@@ -11,7 +11,8 @@ How the memory stays small however many shapes are captured:
 
 * every capture allocates from one private memory pool, and keeps nothing of
   it alive afterwards: outputs are copied into a static buffer outside the
-  pool, parameter gradients into one static buffer per parameter. The next
+  pool, parameter gradients into static buffers that every graph shares
+  (:class:`mmdyn.models.graph_grads.GradBlock`). The next
   capture reuses the same pool memory, so the pool holds about one eager
   forward and backward, not one per shape;
 * replaying a graph then overwrites what another graph left in the pool,
@@ -39,6 +40,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from .graph_grads import GradBlock, distributed, has_hooks
 
 Outputs = Union[Tensor, Tuple[Tensor, ...], List[Tensor]]
 
@@ -231,7 +234,9 @@ class ShapeGraph:
             # the gradients of the outputs take the outputs' place: those
             # are copied out right after the forward replay
             self.static_grad_outputs = self.static_outputs
-            self.param_grads = [owner.grad_buffer(p) for p in self.params]
+            self.grad_block = owner.gradient_block()
+            self.param_grads = [self.grad_block.buffer(p)
+                                for p in self.params]
             targets = ([self.static_input_grad] if need_input_grad else
                        []) + self.param_grads
             self.backward_graph = torch.cuda.CUDAGraph()
@@ -243,7 +248,9 @@ class ShapeGraph:
                 with torch.no_grad():  # a few kernels, not one per tensor
                     torch._foreach_copy_([t for t, _ in pairs],
                                          [g for _, g in pairs])
-            self.has_grad = [g is not None for g in grads]
+            has_grad = [g is not None for g in grads]
+            self.input_has_grad = need_input_grad and has_grad.pop(0)
+            self.param_has_grad = has_grad
             del grads
 
     def _fill_input(self, x: Tensor) -> None:
@@ -275,7 +282,10 @@ class ShapeGraph:
                 for static, crop in zip(self.static_outputs, crops)
             ]
 
-    def replay_backward(self, grads, crops, size):
+    def replay_backward(self, grads, crops, size) -> Optional[Tensor]:
+        """Replay the backward for the outputs' gradients ``grads``; returns
+        the input's gradient (or None), leaves the parameters' in the
+        owner's :class:`GradBlock`."""
         with torch.no_grad():
             for static, grad, crop, differentiable in zip(
                     self.static_grad_outputs, grads, crops,
@@ -286,36 +296,9 @@ class ShapeGraph:
                     static.zero_()
                 static[_region(crop)].copy_(grad)
             self.backward_graph.replay()
-        grads = iter(self.has_grad)
-        grad_input = None
-        if self.static_input_grad is not None:
-            grad_input = self.static_input_grad[..., :size[0], :size[1]] \
-                .clone() if next(grads) else None
-        has_grad = list(grads)
-        copies = iter(owned_copies([
-            g for g, has in zip(self.param_grads, has_grad) if has]))
-        return grad_input, [next(copies) if has else None
-                            for has in has_grad]
-
-
-def owned_copies(buffers: List[Tensor]) -> List[Tensor]:
-    """Copies of the graph's gradient ``buffers`` for autograd to put in
-    ``.grad``, made by a few kernels into one new block of memory.
-
-    Given the buffers themselves, autograd would copy each into ``.grad``
-    with a kernel of its own (a dynamic backbone has hundreds of
-    parameters: about 1 ms of a step on an H100); copies that nothing else
-    holds it keeps as they are. Buffers of several dtypes or devices, or not
-    contiguous, are returned as they are."""
-    if not buffers or len({(b.dtype, b.device) for b in buffers}) > 1 \
-            or not all(b.is_contiguous() for b in buffers):
-        return buffers
-    block = torch.empty(sum(b.numel() for b in buffers),
-                        dtype=buffers[0].dtype, device=buffers[0].device)
-    copies = [chunk.view_as(b) for chunk, b in zip(
-        block.split([b.numel() for b in buffers]), buffers)]
-    torch._foreach_copy_(copies, buffers)
-    return copies
+        if not self.input_has_grad:
+            return None
+        return self.static_input_grad[..., :size[0], :size[1]].clone()
 
 
 @contextlib.contextmanager
@@ -373,11 +356,16 @@ def _autocast_context(device: torch.device):
 
 class _Replay(torch.autograd.Function):
     """A training replay as one autograd node: forward replays the forward
-    graph, backward the backward graph."""
+    graph, backward the backward graph.
+
+    Its inputs after ``x`` are the graph's parameters, whose gradients it
+    returns to autograd; or, when it writes them into ``.grad`` itself
+    (``owner`` given), the owner's anchor, which only makes the outputs
+    require grad (see :mod:`mmdyn.models.graph_grads`)."""
 
     @staticmethod
-    def forward(ctx, graph, crops, token, x, *params):
-        ctx.graph, ctx.crops, ctx.token = graph, crops, token
+    def forward(ctx, graph, crops, token, owner, x, *params):
+        ctx.graph, ctx.crops, ctx.token, ctx.owner = graph, crops, token, owner
         ctx.size = tuple(x.shape[-2:])
         outputs = graph.replay_forward(x, crops)
         ctx.mark_non_differentiable(*(
@@ -388,9 +376,19 @@ class _Replay(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         ctx.token.done = True
-        grad_input, param_grads = ctx.graph.replay_backward(
-            grads, ctx.crops, ctx.size)
-        return (None, None, None, grad_input, *param_grads)
+        graph, owner = ctx.graph, ctx.owner
+        grad_input = graph.replay_backward(grads, ctx.crops, ctx.size)
+        head = (None, None, None, None, grad_input)
+        block = graph.grad_block
+        if owner is None:
+            return head + tuple(
+                block.gradients(graph.params, graph.param_has_grad))
+        # .grad is written by backward(), not by torch.autograd.grad (which
+        # only asks for the input's gradient here: the parameters are not
+        # inputs of this node) nor a backward(inputs=...) without them
+        if torch._C._will_engine_execute_node(owner.anchor_node):
+            block.into_grad(graph.params, graph.param_has_grad)
+        return head + (None, )
 
 
 class CUDAGraphForward:
@@ -428,13 +426,30 @@ class CUDAGraphForward:
         warmup_iters (int): Eager runs before a capture (library
             initialisation and cuDNN's algorithm search happen there).
             Default: 2.
+        param_grads (str): How a training replay hands the parameters'
+            gradients over. ``'autograd'``: through autograd, as an eager
+            module's. ``'direct'``: its backward writes them into ``.grad``
+            itself, as autograd would (new, or added to what is there),
+            which saves autograd's work per parameter, milliseconds of CPU a
+            training step for a dynamic backbone's hundreds of parameters.
+            It does so in ``backward()`` only: the module's parameters are
+            not in the autograd graph, so ``torch.autograd.grad`` with
+            respect to them fails, and ``backward(inputs=...)`` naming them
+            leaves their ``.grad`` as it is. Where a process group is
+            initialised (DDP needs autograd's per-parameter hooks) or a
+            parameter has hooks, it goes through autograd instead.
+            Default: ``'autograd'``.
     """
+
+    #: the values of ``param_grads``
+    PARAM_GRADS = ('direct', 'autograd')
 
     def __init__(self,
                  module: nn.Module,
                  size_divisor: Optional[int] = None,
                  max_graphs: int = 64,
-                 warmup_iters: int = 2) -> None:
+                 warmup_iters: int = 2,
+                 param_grads: str = 'autograd') -> None:
         for name, value, minimum in (('max_graphs', max_graphs, 1),
                                      ('warmup_iters', warmup_iters, 1)):
             if not isinstance(value, int) or isinstance(value, bool) \
@@ -447,6 +462,9 @@ class CUDAGraphForward:
             raise ValueError('cuda_graph: size_divisor must be None (no '
                              'padding) or an int >= 1, got '
                              f'{size_divisor!r}')
+        if param_grads not in self.PARAM_GRADS:
+            raise ValueError(f'cuda_graph: param_grads must be one of '
+                             f'{self.PARAM_GRADS}, got {param_grads!r}')
         # weak: the module holds this as its forward, and a cycle would
         # leave its graphs to the garbage collector, which can run while
         # another graph is being captured
@@ -454,12 +472,14 @@ class CUDAGraphForward:
         self.size_divisor = size_divisor
         self.max_graphs = max_graphs
         self.warmup_iters = warmup_iters
+        self.param_grads = param_grads
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.graphs: 'OrderedDict[tuple, ShapeGraph]' = OrderedDict()
         self.arenas: Dict[str, _Arena] = {}
-        self.grad_buffers: Dict[int, Tensor] = {}
+        self._grad_block: Optional[GradBlock] = None
+        self._anchor: Optional[Tensor] = None
         self.pool = None
         self.stats = Counter()
         self._structure = None
@@ -473,15 +493,16 @@ class CUDAGraphForward:
         call it after replacing a submodule."""
         self._drop_graphs()
         self.arenas.clear()
-        self.grad_buffers.clear()
+        self._grad_block = None
         self._structure = None
 
     def memory_bytes(self) -> int:
         """Device memory the graphs hold: their pool (reserved for the
         activations of the captured forward and backward) and the static
         buffers (inputs, outputs, parameter gradients)."""
-        total = sum(a.data.numel() for a in self.arenas.values()) + sum(
-            b.numel() * b.element_size() for b in self.grad_buffers.values())
+        total = sum(a.data.numel() for a in self.arenas.values())
+        if self._grad_block is not None:
+            total += self._grad_block.nbytes()
         if self.pool is not None:
             total += sum(segment['total_size']
                          for segment in torch.cuda.memory_snapshot()
@@ -493,7 +514,8 @@ class CUDAGraphForward:
     def __getstate__(self) -> dict:
         return dict(module=self.module, size_divisor=self.size_divisor,
                     max_graphs=self.max_graphs,
-                    warmup_iters=self.warmup_iters)
+                    warmup_iters=self.warmup_iters,
+                    param_grads=self.param_grads)
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
@@ -511,7 +533,8 @@ class CUDAGraphForward:
 
     def __repr__(self) -> str:
         return (f'CUDAGraphForward(size_divisor={self.size_divisor}, '
-                f'max_graphs={self.max_graphs}, graphs={len(self.graphs)})')
+                f'max_graphs={self.max_graphs}, param_grads='
+                f'{self.param_grads!r}, graphs={len(self.graphs)})')
 
     def eager(self, x: Tensor) -> Outputs:
         return type(self.module).forward(self.module, x)
@@ -555,7 +578,12 @@ class CUDAGraphForward:
         else:
             token = _PendingBackward()
             self._pending = weakref.ref(token)
-            outputs = _Replay.apply(graph, crops, token, x, *graph.params)
+            if self._writes_grad(graph.params):
+                outputs = _Replay.apply(graph, crops, token, self, x,
+                                        self.anchor(x.device))
+            else:
+                outputs = _Replay.apply(graph, crops, token, None, x,
+                                        *graph.params)
         if graph.structure is Tensor:
             return outputs[0]
         return graph.structure(outputs)
@@ -695,11 +723,29 @@ class CUDAGraphForward:
         if arena is not None and self.graphs:
             raise _ArenaGrown
 
-    def grad_buffer(self, param: Tensor) -> Tensor:
-        buffer = self.grad_buffers.get(id(param))
-        if buffer is None:
-            buffer = self.grad_buffers[id(param)] = torch.empty_like(param)
-        return buffer
+    def gradient_block(self) -> GradBlock:
+        """Where the backward graphs write the parameters' gradients."""
+        if self._grad_block is None:
+            self._grad_block = GradBlock(self._structure.params)
+        return self._grad_block
+
+    def _writes_grad(self, params: List[Tensor]) -> bool:
+        """Whether a training replay hands the gradients of ``params`` to
+        ``.grad`` itself rather than through autograd (see
+        ``param_grads``)."""
+        return self.param_grads == 'direct' and bool(params) and \
+            not distributed() and not has_hooks(params)
+
+    def anchor(self, device: torch.device) -> Tensor:
+        """A leaf that requires grad, input of the replays that write
+        ``.grad`` themselves; its AccumulateGrad node (:attr:`anchor_node`)
+        runs in a backward() and not in torch.autograd.grad."""
+        if self._anchor is None or self._anchor.device != device:
+            self._anchor = torch.zeros((), device=device, requires_grad=True)
+            # the node lives as long as this reference to it
+            self.anchor_node = self._anchor.view_as(
+                self._anchor).grad_fn.next_functions[0][0]
+        return self._anchor
 
 
 class _ArenaGrown(Exception):
