@@ -83,11 +83,13 @@ def test_speed_settings(tmp_path):
 def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
     with pytest.warns(UserWarning, match='not on a CUDA device'):
         result = run(tmp_path, 'detectors', '--shape', '64', '96',
-                     '--methods', 'odconv-1x', '--cuda-graph')
+                     '--methods', 'odconv-1x', '--cuda-graph',
+                     '--param-grads', 'direct')
     assert [(r['method'], r['mode']) for r in result['rows']] == [
         ('static', 'eager'), ('static', 'cuda-graph'),
         ('odconv-1x', 'cuda-graph')]
     assert result['rows'][0]['train_ratio'] == 1.0 and result['cuda_graph']
+    assert result['param_grads'] == 'direct'
     # also against the static model in the same mode
     eager, static, dynamic = result['rows']
     assert 'mode_ratios' not in eager
@@ -101,6 +103,15 @@ def test_speed_modes_keep_the_eager_reference(tmp_path, capsys):
         benchmark.parse_args(['detectors', '--compile', '--cuda-graph'])
     with pytest.raises(SystemExit):
         benchmark.parse_args(['layers', '--cuda-graph'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['detectors', '--param-grads', 'direct'])
+    args = benchmark.parse_args(
+        ['detectors', '--cuda-graph', '--param-grads', 'direct'])
+    from torch import nn
+
+    from mmdyn.models import get_cuda_graph
+    conv = benchmark.speed_mode(nn.Conv2d(3, 3, 1), args, 'cuda-graph')
+    assert get_cuda_graph(conv).param_grads == 'direct'
 
 
 def recorded_builds(monkeypatch) -> list:

@@ -201,7 +201,7 @@ def speed_mode(backbone: nn.Module, args, mode: str) -> nn.Module:
         return backbone
     if args.cuda_graph:
         from mmdyn import enable_cuda_graph
-        enable_cuda_graph(backbone)
+        enable_cuda_graph(backbone, param_grads=args.param_grads)
     if args.compile:
         return torch.compile(backbone, mode=args.compile_mode)
     return backbone
@@ -766,6 +766,11 @@ def parse_args(argv=None):
     parser.add_argument('--cuda-graph', action='store_true',
                         help='every backbone (static too) replays CUDA '
                         'graphs; backbones and detectors only')
+    parser.add_argument('--param-grads', choices=['autograd', 'direct'],
+                        default='autograd',
+                        help='with --cuda-graph: how the replays hand the '
+                        'parameters\' gradients over (the param_grads of '
+                        'mmdyn.models.CUDAGraphForward)')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile every backbone (static too); '
                         'backbones and detectors only')
@@ -785,6 +790,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.compile and args.cuda_graph:
         parser.error('--compile and --cuda-graph: one speed mode per run')
+    if args.param_grads != 'autograd' and not args.cuda_graph:
+        parser.error('--param-grads: for --cuda-graph only')
     for flag in ('compile', 'cuda_graph'):
         if getattr(args, flag) and args.what == 'layers':
             parser.error(f"--{flag.replace('_', '-')}: for backbones and "
@@ -839,7 +846,7 @@ def main(argv=None):
                   per_sample=args.per_sample, triton=args.triton,
                   channels_last=args.channels_last, compile=args.compile,
                   compile_mode=args.compile_mode,
-                  cuda_graph=args.cuda_graph,
+                  cuda_graph=args.cuda_graph, param_grads=args.param_grads,
                   command=' '.join(['python', 'tools/analysis_tools/'
                                     'benchmark.py'] + (argv or sys.argv[1:])))
     print(f'# {device_name}, torch {torch.__version__}')
