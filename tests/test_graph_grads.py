@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from mmdyn.models.graph_grads import GradBlock, distributed, has_hooks
+from mmdyn.models.graph_grads import GradBlock, distributed, have_grad_hooks
 
 
 def mixed_params():
@@ -91,13 +91,13 @@ def test_into_grad_sets_then_accumulates():
     torch.testing.assert_close(params[3].grad, second[3])
 
 
-def test_has_hooks_and_distributed():
+def test_grad_hooks_and_distributed():
     params = mixed_params()
-    assert not has_hooks(params)
+    assert not have_grad_hooks(params)
     handle = params[1].register_hook(lambda grad: grad)
-    assert has_hooks(params)
+    assert have_grad_hooks(params)
     handle.remove()
-    assert not has_hooks(params)
+    assert not have_grad_hooks(params)
     params[2].register_post_accumulate_grad_hook(lambda param: None)
-    assert has_hooks(params)
+    assert have_grad_hooks(params)
     assert not distributed()  # the tests run without a process group

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .graph_grads import GradBlock, distributed, has_hooks
+from .graph_grads import GradBlock, distributed, have_grad_hooks
 
 Outputs = Union[Tensor, Tuple[Tensor, ...], List[Tensor]]
 
@@ -480,6 +480,7 @@ class CUDAGraphForward:
         self.arenas: Dict[str, _Arena] = {}
         self._grad_block: Optional[GradBlock] = None
         self._anchor: Optional[Tensor] = None
+        self.anchor_node = None  # set with the anchor
         self.pool = None
         self.stats = Counter()
         self._structure = None
@@ -734,7 +735,7 @@ class CUDAGraphForward:
         ``.grad`` itself rather than through autograd (see
         ``param_grads``)."""
         return self.param_grads == 'direct' and bool(params) and \
-            not distributed() and not has_hooks(params)
+            not distributed() and not have_grad_hooks(params)
 
     def anchor(self, device: torch.device) -> Tensor:
         """A leaf that requires grad, input of the replays that write

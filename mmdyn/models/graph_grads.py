@@ -106,7 +106,7 @@ def _views(data: Tensor, members: List[Tensor]) -> List[Tensor]:
     return list(_unflatten_dense_tensors(data, members))
 
 
-def has_hooks(params: List[Tensor]) -> bool:
+def have_grad_hooks(params: List[Tensor]) -> bool:
     """Whether a parameter has hooks that its AccumulateGrad node runs
     (``register_hook``, ``register_post_accumulate_grad_hook``)."""
     return any([
