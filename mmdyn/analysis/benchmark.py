@@ -182,6 +182,22 @@ def synthetic_batch(batch_size: int, height: int, width: int,
     return dict(inputs=images, data_samples=samples)
 
 
+def iteration_schedulers(cfg, optim_wrapper) -> list:
+    """The config's parameter schedulers that change within an epoch
+    (``by_epoch=False``, e.g. the learning-rate warm-up), built as the
+    Runner builds them: a run's first steps train at the warm-up's
+    learning rate, as a real training's do (at the full rate, a randomly
+    initialised detector can diverge within steps, and its heads then do
+    other work)."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    schedulers = cfg.get('param_scheduler') or []
+    if isinstance(schedulers, dict):
+        schedulers = [schedulers]
+    return [PARAM_SCHEDULERS.build(dict(s),
+                                   default_args=dict(optimizer=optim_wrapper))
+            for s in schedulers if not s.get('by_epoch', True)]
+
+
 class DetectorSteps:
     """A detector built from ``cfg`` on ``device``, with the config's
     optimizer wrapper: its training step and its inference, as MMEngine's
@@ -207,6 +223,7 @@ class DetectorSteps:
         self.model = model.to(device)
         self.optim_wrapper = build_optim_wrapper(self.model,
                                                  cfg.optim_wrapper)
+        self.schedulers = iteration_schedulers(cfg, self.optim_wrapper)
         with_masks = bool(cfg.model.get('roi_head', {}).get('mask_head'))
         self.train_data = synthetic_batch(batch_size, *image_shape,
                                           with_masks, seed)
@@ -219,6 +236,8 @@ class DetectorSteps:
         if not self.model.training:
             self.model.train()
         log_vars = self.model.train_step(self.train_data, self.optim_wrapper)
+        for scheduler in self.schedulers:  # as ParamSchedulerHook does
+            scheduler.step()
         # as RuntimeInfoHook after each iteration: the values read back
         self.losses.append({k: float(v.item() if torch.is_tensor(v) else v)
                             for k, v in log_vars.items()})
@@ -232,6 +251,13 @@ class DetectorSteps:
     def losses_finite(self) -> bool:
         return all(v == v and abs(v) != float('inf')
                    for losses in self.losses for v in losses.values())
+
+
+def _quiet_logger() -> None:
+    """Building a model logs every initialised parameter at INFO: the
+    benchmark's own logger, current from now on, shows warnings only."""
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
 
 
 def _graph_stats(model) -> Optional[dict]:
@@ -268,6 +294,7 @@ def benchmark_detectors(models: Sequence[Tuple[str, Sequence[str]]],
         the first model and whether every loss was finite.
     """
     wrap = wrap or (lambda index, fn: fn)
+    _quiet_logger()
     steps, rows = [], []
     for path, overrides in models:
         cfg = load_config(path, {**(cfg_options or {}),
@@ -316,6 +343,7 @@ def benchmark_backbones(models: Sequence[Tuple[str, Sequence[str]]],
     ``dtype`` if given; arguments as :func:`benchmark_detectors`."""
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
+    _quiet_logger()
     memory_format = torch.channels_last if channels_last else \
         torch.contiguous_format
     calls, rows = [], []
@@ -440,9 +468,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
-    from mmengine.logging import MMLogger
-    # building logs every initialised parameter at INFO
-    MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
     device = torch.device(args.device)
     models = [(m[0], m[1:]) for m in args.model]
     options = parse_overrides(args.cfg_options)
