@@ -229,12 +229,10 @@ class DetectorSteps:
                                           with_masks, seed)
         self.test_data = synthetic_batch(1, *image_shape, False, seed + 1)
         self.losses: List[Dict[str, float]] = []
+        self._mode: Optional[str] = None
 
     def train_step(self) -> None:
-        # MMEngine's loops call train() / eval() where the mode changes, not
-        # every step (for a dynamic backbone it walks hundreds of modules)
-        if not self.model.training:
-            self.model.train()
+        self._set_mode('train')
         log_vars = self.model.train_step(self.train_data, self.optim_wrapper)
         for scheduler in self.schedulers:  # as ParamSchedulerHook does
             scheduler.step()
@@ -243,10 +241,20 @@ class DetectorSteps:
                             for k, v in log_vars.items()})
 
     def test_step(self) -> None:
-        if self.model.training:
-            self.model.eval()
+        self._set_mode('test')
         with torch.no_grad():
             self.model.test_step(self.test_data)
+
+    def _set_mode(self, mode: str) -> None:
+        """``model.train()`` before the first training step and
+        ``model.eval()`` before the first inference, as MMEngine's loops
+        call them where the mode changes, not every step (for a dynamic
+        backbone it walks hundreds of modules). A model is built in
+        training mode, but only ``train()`` applies ``norm_eval`` and
+        ``frozen_stages``: it must be called."""
+        if self._mode != mode:
+            self.model.train(mode == 'train')
+            self._mode = mode
 
     def losses_finite(self) -> bool:
         return all(v == v and abs(v) != float('inf')
