@@ -8,7 +8,6 @@ from .matching import (CheckpointMismatchError, LoadReport,
 from .official import (OFFICIAL_CHECKPOINTS, check_pretrained_files,
                        missing_pretrained_message)
 from .recognise import recognise_backbone
-from .training import load_local_checkpoint  # noqa: F401  (registers it)
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'LoadReport',

@@ -11,10 +11,7 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from torch import Tensor
 
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct, scalar
-except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct, scalar
+from .._compat import numpy_pickle_globals
 
 
 class CheckpointError(ValueError):
@@ -25,7 +22,7 @@ class CheckpointError(ValueError):
 #: Python values (the message hub's HistoryBuffers of numpy arrays and
 #: scalars): the only types weights-only loading is extended with.
 TRAINING_CHECKPOINT_GLOBALS = [
-    HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype,
+    HistoryBuffer, *numpy_pickle_globals(), np.ndarray, np.dtype,
     *sorted({type(np.dtype(t)) for t in np.typecodes['All'] if t not in 'OV'},
             key=lambda cls: cls.__name__)
 ]
@@ -97,8 +94,8 @@ def refusal_message(filename: str, type_name: str) -> str:
         how = (f'If you trust the file (you made it, or know who did), pass '
                f'--trust-checkpoint {filename} to mmdyn\'s tools, or set '
                f'{TRUSTED_CHECKPOINTS_ENV}={filename} in the environment, '
-               f'or call mmdyn.checkpoint.trust_checkpoints([...]); README: '
-               f'"Checkpoints you trust".')
+               f'or call mmdyn.checkpoint.trust_checkpoints([...]); see '
+               f'docs/checkpoints.md.')
     return (f'{filename} holds a Python object of type {type_name}, which '
             f'weights-only loading refuses because unpickling it could run '
             f'code. Weights (the authors\' releases, torchvision, '
@@ -139,6 +136,14 @@ def load_checkpoint_file(filename: str, map_location='cpu'):
         raise CheckpointError(
             f'{filename} is not a readable PyTorch checkpoint (truncated or '
             f'corrupt?): {type(error).__name__}: {first_line}') from None
+
+
+def load_local_checkpoint(filename: str, map_location):
+    """MMEngine's loader of local files (``load_from``, ``--resume``,
+    ``tools/test.py``) once mmdyn is imported
+    (:func:`mmdyn._compat.install_mmengine_integration`): weights-only, see
+    :func:`load_checkpoint_file`."""
+    return load_checkpoint_file(osp.expanduser(filename), map_location)
 
 
 def extract_state_dict(checkpoint, filename: str = 'checkpoint'

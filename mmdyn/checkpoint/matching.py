@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..layers import DynamicConv2d, set_temperature
+from ..layers import BaseDynamicConv2d, set_temperature
 from .io import CheckpointError, extract_state_dict, load_checkpoint_file
 from .layouts import mobilenet_v2_to_mmdyn, split_classifier
 from .official import is_missing_local_file, missing_pretrained_message
@@ -64,7 +64,7 @@ def describe_checkpoint(state_dict: Dict[str, Tensor]) -> str:
     return 'a static network'
 
 
-def _static_shape(layer: DynamicConv2d) -> Tuple[int, ...]:
+def _static_shape(layer: BaseDynamicConv2d) -> Tuple[int, ...]:
     return (layer.out_channels, layer.in_channels // layer.groups,
             *layer.kernel_size)
 
@@ -98,7 +98,7 @@ def load_backbone_state_dict(backbone: nn.Module,
     Every backbone key must be in the checkpoint with its shape, except for a
     dynamic layer that the checkpoint holds as a static conv (one
     ``<layer>.weight`` of the static shape): that layer is inflated with
-    :meth:`DynamicConv2d.load_static_weight`. Classifier keys are dropped
+    :meth:`BaseDynamicConv2d.load_static_weight`. Classifier keys are dropped
     and reported; any other key the backbone has no place for is an error.
     Every dynamic layer keeps the temperature the backbone was built with.
 
@@ -116,7 +116,7 @@ def load_backbone_state_dict(backbone: nn.Module,
     values = OrderedDict()
     static_kernels = {}
     for name, layer in backbone.named_modules():
-        if not isinstance(layer, DynamicConv2d):
+        if not isinstance(layer, BaseDynamicConv2d):
             continue
         layer_keys = [k for k in own if k.startswith(name + '.')]
         has_dynamic = any(k in state_dict for k in layer_keys
