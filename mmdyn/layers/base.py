@@ -8,9 +8,6 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .functional import per_sample_conv2d
-from .hooks import has_hooks
-from .triton_support import (check_triton_kernels, interpreting,
-                             triton_installed)
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -55,14 +52,15 @@ def attention_width(layer: str, in_channels: int, reduction: float,
     return max(int(in_channels * reduction), min_channels)
 
 
-class DynamicConv2d(nn.Module):
-    """Base class of the dynamic convolutions: a conv whose kernel depends on
-    its input.
+class BaseDynamicConv2d(nn.Module):
+    """Base class of the dynamic convolutions (not itself one): a conv whose
+    weights depend on its input.
 
     It holds the geometry of an ``nn.Conv2d`` (same argument names, so
     ``mmcv.cnn.build_conv_layer`` can build every subclass) and the softmax /
     sigmoid temperature of the attention branch. Subclasses implement
-    ``forward``.
+    ``forward``: the paper's computation in PyTorch operations, and where a
+    fused op of :mod:`mmdyn.ops` applies, that op instead.
 
     Args:
         in_channels (int): Channels of the input.
@@ -82,26 +80,6 @@ class DynamicConv2d(nn.Module):
     # read by mmcv's ConvModule, as from any nn.Conv2d
     transposed = False
     output_padding = (0, 0)
-
-    #: How per-sample kernels are applied: one conv with the batch folded
-    #: into its groups ('grouped') or one conv per sample ('loop'). The
-    #: result is the same; set it on the class (or a layer) to compare
-    #: speeds, as ``tools/analysis_tools/benchmark.py --per-sample`` does.
-    per_sample_conv: str = 'grouped'
-
-    #: For layers that can apply their attentions either to per-sample
-    #: kernels or to the activations (ODConv, DCD): kernels (True),
-    #: activations (False), or whichever touches fewer numbers (None). The
-    #: result is the same; only the speed differs.
-    fold_attentions: Optional[bool] = None
-
-    #: For layers with fused Triton kernels (ODConv and DCD):
-    #: use them wherever they apply (:meth:`uses_triton`). None (the
-    #: default): on CUDA when Triton is installed; True: also on a CPU
-    #: through Triton's interpreter (``TRITON_INTERPRET=1``, for tests), and
-    #: an error without Triton; False: never. The result is the same up to
-    #: rounding.
-    triton_kernels: Optional[bool] = None
 
     def __init__(self,
                  in_channels: int,
@@ -151,12 +129,12 @@ class DynamicConv2d(nn.Module):
     def init_weights(self) -> None:
         """Nothing to do: every layer is initialised when built, as the
         authors do. Defined so that mmcv's ConvModule does not apply its
-        Kaiming init to a kernel bank as if it were one 4-D kernel."""
+        Kaiming init to a bank of weights as if it were one 4-D weight."""
 
     def load_static_weight(self, weight, bias=None) -> None:
-        """Start from a static conv: afterwards the layer computes exactly
-        ``F.conv2d(x, weight, bias)`` (at temperature 1) while its attention
-        can still learn. Subclasses document how.
+        """Start from a static conv ("inflation"): afterwards the layer
+        computes exactly ``F.conv2d(x, weight, bias)`` (at temperature 1)
+        while its attention can still learn. Subclasses document how.
 
         Args:
             weight (Tensor): (out_channels, in_channels / groups, kh, kw).
@@ -169,7 +147,7 @@ class DynamicConv2d(nn.Module):
                     *self.kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(
-                f'{type(self).__name__}: a static kernel of shape '
+                f'{type(self).__name__}: a static weight of shape '
                 f'{tuple(weight.shape)} does not fit this layer, which needs '
                 f'{expected}')
         if bias is not None and self.bias is None:
@@ -190,54 +168,6 @@ class DynamicConv2d(nn.Module):
         each with the batch first (for analysis; forward does not use it)."""
         raise NotImplementedError
 
-    def cuda_graph_key(self) -> tuple:
-        """The settings, read in Python, that choose the kernels forward
-        launches (a captured CUDA graph holds for one value of them)."""
-        return (self.temperature, self.fold_attentions, self.per_sample_conv,
-                self.triton_kernels)
-
-    def uses_triton(self, x: Tensor) -> bool:
-        """Whether forward computes input ``x``'s per-sample kernels with
-        fused Triton kernels; layers without any say False."""
-        return False
-
-    def takes_input_sum(self, x: Tensor) -> bool:
-        """Whether ``forward(x, input_sum)`` would use ``input_sum``, ``x``
-        summed over its pixels (B, C), instead of summing ``x`` itself:
-        where the fused kernels run (:meth:`uses_triton`, whose attention
-        branch starts from those sums) and no hooks would see the extra
-        argument or its gradient. A layer whose :meth:`uses_triton` can be
-        True takes ``input_sum`` in forward."""
-        return self.uses_triton(x) and not has_hooks(self)
-
-    def _triton_can_run(self, x: Tensor, params, branches) -> bool:
-        """What every fused path needs: :attr:`triton_kernels` allows it
-        for ``x``'s device, a non-empty float32 or float64 input and ``params``
-        outside autocast, ``torch.compile`` and tracing, and no hooks on the
-        ``branches`` (modules whose forward the kernels stand in for)."""
-        choice = self.triton_kernels
-        check_triton_kernels(type(self).__name__, choice)
-        if choice is False:
-            return False
-        if not triton_installed():
-            if choice:
-                raise RuntimeError(
-                    f'{type(self).__name__}: triton_kernels=True but Triton '
-                    'is not installed (pip install triton), or set '
-                    'triton_kernels=None to use it where available')
-            return False
-        if not (x.is_cuda or (choice and x.device.type == 'cpu'
-                              and interpreting())):
-            return False
-        return (x.dtype in (torch.float32, torch.float64) and x.numel() > 0
-                and all(p.dtype == x.dtype for p in params)
-                and not torch.is_autocast_enabled(x.device.type)
-                and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing()
-                and not any(m._forward_hooks or m._forward_pre_hooks
-                            for branch in branches
-                            for m in branch.modules()))
-
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature (the name the authors' code uses)."""
         self.temperature = temperature
@@ -246,10 +176,6 @@ class DynamicConv2d(nn.Module):
     def is_depthwise(self) -> bool:
         return self.groups == self.in_channels == self.out_channels
 
-    @property
-    def is_pointwise(self) -> bool:
-        return self.kernel_size == (1, 1)
-
     def conv_kwargs(self) -> dict:
         """Keyword arguments of ``F.conv2d`` for this layer's geometry."""
         return dict(stride=self.stride, padding=self.padding,
@@ -257,36 +183,10 @@ class DynamicConv2d(nn.Module):
 
     def per_sample(self, x: Tensor, weight: Tensor,
                    bias: Optional[Tensor] = None) -> Tensor:
-        """Convolve each sample of ``x`` with its own kernel ``weight[b]``
+        """Convolve each sample of ``x`` with its own weight ``weight[b]``
         (and bias ``bias[b]``) in this layer's geometry."""
-        if self.per_sample_conv not in ('grouped', 'loop'):
-            raise ValueError(
-                f"{type(self).__name__}: per_sample_conv must be 'grouped' "
-                f"or 'loop', got {self.per_sample_conv!r}")
         return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
-                                 self.dilation, self.groups,
-                                 loop=self.per_sample_conv == 'loop')
-
-    def folds_attentions(self, x: Tensor) -> bool:
-        """Whether to apply the attentions to per-sample kernels for input
-        ``x``: :attr:`fold_attentions` if set, else whether one kernel per
-        sample has fewer numbers than the input and output together."""
-        if self.fold_attentions is not None:
-            return self.fold_attentions
-        height, width = x.shape[-2:]
-        out_h, out_w = self.output_size(height, width)
-        kernel = self.out_channels * (self.in_channels // self.groups) * \
-            self.kernel_size[0] * self.kernel_size[1]
-        return kernel <= self.in_channels * height * width + \
-            self.out_channels * out_h * out_w
-
-    def output_size(self, height: int, width: int) -> Tuple[int, int]:
-        """Spatial size of the output for an input of ``height x width``."""
-        return tuple(
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip((height, width), self.kernel_size,
-                                        self.stride, self.padding,
-                                        self.dilation))
+                                 self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         text = (f'{self.in_channels}, {self.out_channels}, '
@@ -312,7 +212,8 @@ def set_temperature(model: nn.Module, temperature: float) -> int:
     Returns:
         int: How many layers were set (0 means ``model`` has none).
     """
-    layers = [m for m in model.modules() if isinstance(m, DynamicConv2d)]
+    layers = [m for m in model.modules()
+              if isinstance(m, BaseDynamicConv2d)]
     for layer in layers:
         layer.temperature = temperature
     return len(layers)

@@ -1,4 +1,4 @@
-"""CondConv (Yang et al., NeurIPS 2019): K kernels mixed by sigmoid routing
+"""CondConv (Yang et al., NeurIPS 2019): K weights mixed by sigmoid routing
 weights."""
 import torch
 from mmengine.registry import MODELS
@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .base import IntOrPair
 from .functional import attention_branch, global_avg_pool, soften
-from .kernel_bank import KernelBankConv2d
+from .weight_bank import WeightBankConv2d
 
 
 class CondConvRouting(nn.Module):
@@ -24,14 +24,14 @@ class CondConvRouting(nn.Module):
 
 
 @MODELS.register_module()
-class CondConv2d(KernelBankConv2d):
+class CondConv2d(WeightBankConv2d):
     """Conditionally parameterised convolution: ``W(x) = sum_k r_k(x) W_k``
     with sigmoid routing weights ``r(x)``.
 
     Args:
-        kernel_num (int): Number of kernels (experts) K. Default: 8, as in
+        kernel_num (int): Number of weights (experts) K. Default: 8, as in
             the paper's detection and ImageNet comparisons.
-        Others: see :class:`mmdyn.layers.KernelBankConv2d`.
+        Others: see :class:`mmdyn.layers.WeightBankConv2d`.
     """
 
     def __init__(self,

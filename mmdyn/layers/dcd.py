@@ -8,15 +8,11 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .base import DynamicConv2d, IntOrPair
-from .conv_precision import pixelwise_matmul
-from .dcd_fused import (MAX_LATENT_DIM, MAX_SQUEEZE_CHANNELS,
-                        dcd_folded_kernels)
-from .functional import (attention_branch, batch_norm_affine, global_avg_pool,
-                         hard_sigmoid_gate, soften)
-from .side_stream import SideStream
+from ..ops import dcd_weights as fused
+from .base import BaseDynamicConv2d, IntOrPair
+from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
+                         soften)
 
 
 class DCDDynamics(NamedTuple):
@@ -32,6 +28,11 @@ class SqueezeGate(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(channels, channels, bias=False))
+
+    @property
+    def weight(self) -> Tensor:
+        """The gate's (channels, channels) weight."""
+        return self.fc[0].weight
 
     def forward(self, y: Tensor) -> Tensor:
         return y * hard_sigmoid_gate(self.fc(y))
@@ -58,25 +59,25 @@ def _norm_1d_cfg(norm_cfg: dict) -> dict:
 
 
 @MODELS.register_module()
-class DCDConv2d(DynamicConv2d):
+class DCDConv2d(BaseDynamicConv2d):
     """Dynamic convolution decomposition, as the authors released it.
 
     ``out = Lambda(x) * conv(x, W0) + p(bn2(Phi(x) z) + z)``, with
-    ``z = bn1(q(x))``: a static kernel ``W0`` (``conv``) scaled per output
+    ``z = bn1(q(x))``: a static weight ``W0`` (``conv``) scaled per output
     channel by ``Lambda(x)``, plus a dynamic 1x1 residual through an
     L-dimensional latent space: ``q`` (Q^T, in -> L, with the layer's
     stride), ``Phi(x)`` (per-sample L x L) and ``p`` (P, L -> out). For a
-    kxk kernel the residual acts on the kernel's centre tap ("channel fusion
+    kxk filter the residual acts on its centre tap ("channel fusion
     alone", Sec. 4.3). ``Lambda`` and ``Phi`` come from a branch on the
     pooled input: ``fc`` (linear + small SE), then ``fc_scale`` (gate
     ``relu6(v + 3) / 3``, range 0-2) and ``fc_phi``.
 
-    Where it can (:meth:`can_fold`: BatchNorms in eval mode, as with
-    ``norm_eval=True``, and a dense ``W0``), the kernels are smaller than
-    the activations and the batch is small (at most
-    :attr:`fold_max_batch`), the layer folds ``Lambda(x) W0`` and the
-    residual into one kernel per sample (:attr:`fold_attentions` overrides
-    the choice); the result is the same.
+    Where the fused op applies (:mod:`mmdyn.ops.dcd_weights`: CUDA,
+    BatchNorms in eval mode as with ``norm_eval=True``, a dense ``W0``; see
+    :func:`mmdyn.ops.may_fuse`), ``Lambda(x) W0`` and the residual are
+    folded into one weight and bias per sample (Eq. 4 of the paper, the
+    BatchNorms as affine maps) by a few Triton kernels instead; the result
+    is the same.
 
     Where the released code differs from the paper (``bn1``, ``bn2``, the
     identity added to Phi, the 0-2 gate, the rules for L and the branch
@@ -97,15 +98,10 @@ class DCDConv2d(DynamicConv2d):
         temperature (float): DCD has no softmax; mmdyn divides the logits of
             Lambda and Phi by it, so a large temperature moves the layer
             towards the static ``W0 + P Q^T`` (Lambda -> 1, Phi -> 0).
-        Others: see :class:`mmdyn.layers.DynamicConv2d`. ``groups`` applies
+        Others: see :class:`mmdyn.layers.BaseDynamicConv2d`. ``groups`` applies
             to ``W0``; the residual is a dense 1x1. ``bias=True`` adds a
             static bias to the output.
     """
-
-    #: The fold turns the dense conv with ``W0`` into one with a kernel per
-    #: sample, which cuDNN runs as a grouped conv over the batch: as fast at
-    #: detection's 2 images a GPU, 3x slower at 200 (H100).
-    fold_max_batch: int = 8
 
     def __init__(self,
                  in_channels: int,
@@ -160,7 +156,7 @@ class DCDConv2d(DynamicConv2d):
 
     def residual_padding(self) -> Tuple[int, int, int, int]:
         """``F.pad`` amounts (left, right, top, bottom; negative crops) that
-        put the 1x1 residual on the centre tap of the kxk kernel for any
+        put the 1x1 residual on the centre tap of the kxk filter for any
         padding and dilation. All zero for 'same' padding."""
         pads = []
         for k, p, d in zip(self.kernel_size[::-1], self.padding[::-1],
@@ -202,135 +198,21 @@ class DCDConv2d(DynamicConv2d):
             self.p.weight.zero_()
         self._load_static_bias(bias)
 
-    def can_fold(self) -> bool:
-        """Whether the layer can be one per-sample kernel: its BatchNorms
-        use running statistics (an affine map each) and ``W0`` is dense
-        like the residual."""
-        return self.groups == 1 and all(
-            isinstance(bn, _BatchNorm) and not bn.training
-            and bn.running_var is not None for bn in (self.bn1, self.bn2))
-
-    def folds_attentions(self, x: Tensor) -> bool:
-        if self.fold_attentions is None and x.shape[0] > self.fold_max_batch:
-            return False
-        return super().folds_attentions(x)
-
-    def cuda_graph_key(self) -> tuple:
-        return super().cuda_graph_key() + (self.fold_max_batch, )
-
-    def uses_triton(self, x: Tensor) -> bool:
-        """Whether forward computes input ``x``'s per-sample kernels with
-        the fused Triton kernels (:mod:`mmdyn.layers.dcd_fused`), with or
-        without gradients: where :attr:`triton_kernels` allows it, for
-        float32 and float64 outside autocast, ``torch.compile`` and tracing,
-        where the layer folds (:meth:`can_fold`, :meth:`folds_attentions`),
-        pools to 1x1 and has no hooks on its dynamic branch."""
-        if not self._triton_can_run(
-                x, [self.conv.weight, self.fc_phi.weight, self.p.weight],
-                [self.fc, self.fc_phi, self.fc_scale]):
-            return False
-        return (self.pool_size == 1 and self.can_fold()
-                and (self.bn1.weight is None) == (self.bn2.weight is None)
-                and self.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
-                and self.latent_dim <= MAX_LATENT_DIM
-                and self.folds_attentions(x))
-
-    def forward(self, x: Tensor,
-                input_sum: Optional[Tensor] = None) -> Tensor:
-        """``input_sum``: ``x`` summed over its pixels (B, C), where the
-        caller has it (:meth:`takes_input_sum`); else the layer sums ``x``
-        where it needs to."""
-        kernels = self._per_sample_kernels(x, input_sum)
-        if kernels is not None:
-            return self.per_sample(x, *kernels)
-        return self._unfolded_forward(x)
-
-    def forward_split_bias(
-            self,
-            x: Tensor,
-            input_sum: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """``forward(x)`` as ``(out, bias)``, ``forward(x) == out +
-        bias[:, :, None, None]``: where the layer folds, the per-sample
-        bias (B, out_channels) is left to the caller, which can add it in
-        a pass over ``out`` that it makes anyway (the BatchNorm after the
-        conv, :func:`mmdyn.layers.conv_then_norm`) instead of one of its
-        own. ``bias`` is None where the layer does not fold."""
-        kernels = self._per_sample_kernels(x, input_sum)
-        if kernels is None:
-            return self._unfolded_forward(x), None
-        weight, bias = kernels
-        return self.per_sample(x, weight), bias
-
-    def _per_sample_kernels(
-            self, x: Tensor, input_sum: Optional[Tensor]
-    ) -> Optional[Tuple[Tensor, Tensor]]:
-        """The folded kernels (B, out, in, kh, kw) and biases (B, out) of
-        input ``x``, or None where the layer does not fold."""
-        if self.uses_triton(x):
-            return dcd_folded_kernels(self, x, input_sum)
-        if self.can_fold() and self.folds_attentions(x):
-            return self._folded_kernels(x)
-        return None
-
-    def _unfolded_forward(self, x: Tensor) -> Tensor:
-        """Eq. 4 on the activations: the static conv's output scaled by
-        Lambda, plus the residual through the latent space."""
+    def forward(self, x: Tensor) -> Tensor:
+        if fused.applies(self, x):
+            return self.per_sample(x, *fused.dcd_weights(self, x))
+        # Eq. 4 on the activations: the static conv's output scaled by
+        # Lambda(x), plus the residual through the latent space
         dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()
         latent = self.bn1(self.q(F.pad(x, pads) if any(pads) else x))
         flat = latent.flatten(2)
-        flat = self.bn2(pixelwise_matmul(dynamics.phi, flat)) + flat
+        flat = self.bn2(torch.bmm(dynamics.phi, flat)) + flat
         out = out + self.p(flat.view_as(latent))
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
-
-    def _folding_constants(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The parts of the folded kernel that depend on the parameters
-        alone: ``P diag(a2)``, ``diag(a1) Q^T``, ``c1`` and ``P c2`` (plus
-        the layer's bias)."""
-        a1, c1 = batch_norm_affine(self.bn1)
-        a2, c2 = batch_norm_affine(self.bn2)
-        p = self.p.weight.flatten(1)
-        bias = p @ c2
-        if self.bias is not None:
-            bias = bias + self.bias
-        return p * a2, a1[:, None] * self.q.weight.flatten(1), c1, bias
-
-    def _folded_kernels(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Eq. 4 of the DCD paper as one kernel per sample, with the
-        BatchNorms as affine maps ``a * v + c``:
-
-        ``W = Lambda W0 + M diag(a1) Q^T`` at the centre tap and the bias
-        ``M c1 + P c2``, where ``M = P (diag(a2) Phi + I)``.
-
-        The parameter-only parts are computed on a side stream while the
-        attention branch runs (:class:`SideStream`).
-        """
-        side = SideStream(x.device)
-        with side:
-            constants = self._folding_constants()
-        dynamics = self.dynamics(x)
-        p_a2, q_a1, c1, static_bias = side.join(constants)
-        batch = x.shape[0]
-        p = self.p.weight.flatten(1)
-        mixing = torch.baddbmm(p, p_a2.expand(batch, *p.shape),
-                               dynamics.phi)
-        residual = mixing @ q_a1
-        bias = mixing @ c1 + static_bias
-        kh, kw = self.kernel_size
-        residual = residual.view(batch, self.out_channels, self.in_channels,
-                                 1, 1)
-        if (kh, kw) != (1, 1):
-            centre_h, centre_w = (kh - 1) // 2, (kw - 1) // 2
-            residual = F.pad(residual, (centre_w, kw - 1 - centre_w,
-                                        centre_h, kh - 1 - centre_h))
-        weight = torch.addcmul(residual,
-                               dynamics.scale[:, :, None, None, None],
-                               self.conv.weight)
-        return weight, bias.to(weight.dtype)
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f', latent_dim={self.latent_dim}'

@@ -1,15 +1,15 @@
-"""DyConv (Chen et al., CVPR 2020): K kernels mixed by a softmax attention."""
+"""DyConv (Chen et al., CVPR 2020): K weights mixed by a softmax attention."""
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .base import IntOrPair, attention_width
 from .functional import attention_branch, global_avg_pool, soften
-from .kernel_bank import KernelBankConv2d
+from .weight_bank import WeightBankConv2d
 
 
 class DyConvAttention(nn.Module):
     """Squeeze-and-excitation branch: global average pool, ``fc1`` and ReLU,
-    ``fc2`` to K logits, softmax over the kernels of ``logits / T``."""
+    ``fc2`` to K logits, softmax over the bank of ``logits / T``."""
 
     def __init__(self, in_channels: int, hidden_channels: int,
                  kernel_num: int) -> None:
@@ -24,17 +24,17 @@ class DyConvAttention(nn.Module):
 
 
 @MODELS.register_module()
-class DyConv2d(KernelBankConv2d):
+class DyConv2d(WeightBankConv2d):
     """Dynamic convolution (DyConv): ``W(x) = sum_k pi_k(x) W_k`` with
     ``pi(x)`` a softmax attention from an SE-style branch.
 
     Args:
-        kernel_num (int): Number of kernels K. Default: 4, as in the paper.
+        kernel_num (int): Number of weights K. Default: 4, as in the paper.
         reduction (float): Width of the attention branch as a fraction of
             ``in_channels``. Default: 0.25 (the paper's reduction ratio 4).
         min_channels (int): Smallest width of the attention branch.
             Default: 4.
-        Others: see :class:`mmdyn.layers.KernelBankConv2d`.
+        Others: see :class:`mmdyn.layers.WeightBankConv2d`.
     """
 
     def __init__(self,

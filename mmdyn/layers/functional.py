@@ -1,14 +1,11 @@
-"""Batched building blocks of the dynamic convolutions (no Python loop over
-the batch, except where ``per_sample_conv2d`` is asked for one)."""
+"""Batched building blocks of the dynamic convolutions: no Python loop over
+the batch anywhere."""
 import functools
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
-
-from .conv_precision import pixelwise_matmul
 
 
 def global_avg_pool(x: Tensor,
@@ -20,8 +17,7 @@ def global_avg_pool(x: Tensor,
     When ``x`` needs a gradient the mean is taken as a sum scaled on the
     pooled vector: the gradient of a sum is a broadcast view of the pooled
     gradient, where that of ``mean`` writes a full-size tensor (one pass
-    over the activations per layer, which a dynamic backbone pays at every
-    layer)."""
+    over the activations per layer)."""
     dtype = x.dtype if dtype is None else dtype
     accumulate = torch.float32 if x.dtype in (torch.float16,
                                               torch.bfloat16) else x.dtype
@@ -73,35 +69,20 @@ def hard_sigmoid_gate(x: Tensor) -> Tensor:
     return F.relu6(x + 3.0) / 3.0
 
 
-def batch_norm_affine(
-        bn: _BatchNorm,
-        invstd: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """``(a, c)`` with ``bn(v) == a * v + c`` for a BatchNorm that uses its
-    running statistics (``invstd``: ``1 / sqrt(running_var + eps)`` if the
-    caller has it)."""
-    if invstd is None:
-        invstd = torch.rsqrt(bn.running_var + bn.eps)
-    scale = invstd
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    if bn.bias is None:
-        return scale, -bn.running_mean * scale
-    return scale, torch.addcmul(bn.bias, bn.running_mean, scale, value=-1)
-
-
-def aggregate_kernels(attention: Tensor, weight: Tensor) -> Tensor:
-    """Per-sample kernel ``sum_k attention[b, k] * weight[k]``.
+def mix_weights(attention: Tensor, bank: Tensor) -> Tensor:
+    """Per-sample weights ``sum_k attention[b, k] * bank[k]``: Eq. 1 of the
+    ODConv paper (CondConv's and DyConv's mixture of experts).
 
     Args:
-        attention: (B, K) kernel attention.
-        weight: (K, ...) kernel bank.
+        attention: (B, K) attention over the bank.
+        bank: (K, ...) K weights (or biases).
 
     Returns:
-        Tensor: (B, ...) one kernel per sample.
+        Tensor: (B, ...) one mixed weight per sample.
     """
-    num_kernels = weight.shape[0]
-    mixed = attention.to(weight.dtype) @ weight.reshape(num_kernels, -1)
-    return mixed.view(attention.shape[0], *weight.shape[1:])
+    num = bank.shape[0]
+    mixed = attention.to(bank.dtype) @ bank.reshape(num, -1)
+    return mixed.view(attention.shape[0], *bank.shape[1:])
 
 
 def per_sample_conv2d(x: Tensor,
@@ -110,39 +91,22 @@ def per_sample_conv2d(x: Tensor,
                       stride: Tuple[int, int],
                       padding: Tuple[int, int],
                       dilation: Tuple[int, int],
-                      groups: int,
-                      loop: bool = False) -> Tensor:
-    """Convolve each sample with its own kernel.
+                      groups: int) -> Tensor:
+    """Convolve each sample with its own weight: one ``F.conv2d`` with the
+    batch folded into the groups.
 
     Args:
         x: (B, C_in, H, W) input.
-        weight: (B, C_out, C_in / groups, kh, kw) one kernel per sample.
+        weight: (B, C_out, C_in / groups, kh, kw) one weight per sample.
         bias: (B, C_out) one bias per sample, or None.
-        loop: Run one ``F.conv2d`` per sample instead of one for the batch
-            (the result is the same; GPU libraries may be faster one way or
-            the other at small batches).
-
-    A 1x1 kernel with one group and no padding is a batched matrix product
-    over the (strided) pixels, in the precision of convolutions
-    (:func:`pixelwise_matmul`); anything else folds the batch into the
-    groups of a single ``F.conv2d``, or loops over the batch.
     """
     batch, in_channels, height, width = x.shape
     out_channels = weight.shape[1]
-    if weight.shape[-2:] == (1, 1) and groups == 1 and padding == (0, 0):
-        if stride != (1, 1):
-            x = x[:, :, ::stride[0], ::stride[1]]
-        out_h, out_w = x.shape[-2:]
-        pixels = x.reshape(batch, in_channels, out_h * out_w)
-        kernels = weight.view(batch, out_channels, in_channels)
-        out = pixelwise_matmul(kernels, pixels, bias)
-        return out.view(batch, out_channels, out_h, out_w)
-    if loop:
-        return torch.cat([
-            F.conv2d(x[i:i + 1], weight[i],
-                     None if bias is None else bias[i], stride, padding,
-                     dilation, groups) for i in range(batch)
-        ])
+    if batch == 0:  # a conv cannot have zero groups
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, k, s, p, d in zip((height, width), weight.shape[-2:],
+                                         stride, padding, dilation)]
+        return x.new_empty(0, out_channels, *size)
     out = F.conv2d(
         x.reshape(1, batch * in_channels, height, width),
         weight.reshape(batch * out_channels, *weight.shape[2:]),

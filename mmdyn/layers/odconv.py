@@ -9,12 +9,11 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
-from .base import DynamicConv2d, IntOrPair, attention_width
-from .functional import (aggregate_kernels, attention_branch, global_avg_pool,
+from ..ops import odconv_weights as fused
+from .base import BaseDynamicConv2d, IntOrPair, attention_width
+from .functional import (attention_branch, global_avg_pool, mix_weights,
                          soften)
-from .kernel_bank import check_kernel_num, make_kernel_bank
-from .odconv_fused import (MAX_ATTENTION_CHANNELS, MAX_KERNELS, FoldLayout,
-                           FusedODKernels)
+from .weight_bank import check_kernel_num, make_weight_bank
 
 
 class ODAttentions(NamedTuple):
@@ -23,7 +22,7 @@ class ODAttentions(NamedTuple):
     channel: Tensor  # (B, in_channels): alpha_c
     filter: Optional[Tensor]  # (B, out_channels): alpha_f
     spatial: Optional[Tensor]  # (B, kh * kw): alpha_s
-    kernel: Optional[Tensor]  # (B, kernel_num): alpha_w
+    kernel: Optional[Tensor]  # (B, kernel_num): alpha_w, kernel-wise
 
 
 class ODConvAttention(nn.Module):
@@ -63,8 +62,6 @@ class ODConvAttention(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    _HEADS = ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc')
-
     @attention_branch
     def forward(self, x: Tensor, temperature: float) -> ODAttentions:
         if (self.bn.training and x.shape[0] == 1
@@ -79,52 +76,55 @@ class ODConvAttention(nn.Module):
         pooled = global_avg_pool(x, self.fc.weight.dtype)
         hidden = F.linear(pooled, self.fc.weight.flatten(1))
         hidden = F.relu(self.bn(hidden[:, :, None, None])).flatten(1)
-        # the heads are 1x1 convs on one vector per sample: one matrix
-        # product for all of them, then their activations
-        heads = [getattr(self, name, None) for name in self._HEADS]
-        present = [head for head in heads if head is not None]
-        logits = F.linear(hidden, torch.cat([h.weight.flatten(1)
-                                             for h in present]),
-                          torch.cat([h.bias for h in present]))
-        logits = soften(logits, temperature)
-        sizes = [0 if head is None else head.out_channels for head in heads]
-        num_sigmoid = sum(sizes[:3])
-        gates = logits[:, :num_sigmoid].sigmoid().split(sizes[:3], dim=1)
-        channel, filter_, spatial = (gate if size else None
-                                     for gate, size in zip(gates, sizes))
-        kernel = logits[:, num_sigmoid:].softmax(dim=1) if sizes[3] else None
-        return ODAttentions(channel=channel, filter=filter_, spatial=spatial,
-                            kernel=kernel)
+
+        def head(name):
+            # a 1x1 conv on one vector per sample, at the temperature
+            conv = getattr(self, name, None)
+            if conv is None:
+                return None
+            return soften(F.linear(hidden, conv.weight.flatten(1), conv.bias),
+                          temperature)
+
+        kernel = head('kernel_fc')
+        return ODAttentions(
+            channel=head('channel_fc').sigmoid(),
+            filter=_sigmoid(head('filter_fc')),
+            spatial=_sigmoid(head('spatial_fc')),
+            kernel=None if kernel is None else kernel.softmax(dim=1))
+
+
+def _sigmoid(logits: Optional[Tensor]) -> Optional[Tensor]:
+    return None if logits is None else logits.sigmoid()
 
 
 @MODELS.register_module()
-class ODConv2d(DynamicConv2d):
+class ODConv2d(BaseDynamicConv2d):
     """Omni-dimensional dynamic convolution, Eq. 2 of the ODConv paper:
 
-    ``y = sum_i (a_wi * a_fi * a_ci * a_si * W_i) * x``
+    ``y = (a_w1 a_f a_c a_s W_1 + ... + a_wn a_f a_c a_s W_n) * x``
 
     with a spatial (a_s), input-channel (a_c) and filter (a_f) attention
-    shared by the kernels and a kernel attention (a_w) over them.
+    shared by the n weights and a kernel-wise attention (a_w) over them.
 
-    The input-channel attention scales the input and the filter attention
-    the output, which equals scaling the kernel; only the spatial and kernel
-    attentions need a per-sample kernel, and a 1x1 layer with one kernel
-    needs none. Where per-sample kernels touch fewer numbers than the
-    activations (large images), all four attentions are folded into them
-    and a 1x1 layer becomes one batched matrix product
-    (:attr:`fold_attentions` overrides the choice).
+    As in the authors' code, a_c and a_f scale the input and output channels
+    (which equals scaling the weights: the conv is linear in both), and only
+    a_s and a_w make a weight per sample; a 1x1 layer with one weight is a
+    static conv between the two scalings. Where the fused op applies
+    (:mod:`mmdyn.ops.odconv_weights`: CUDA, eval-mode attention BatchNorm,
+    see :func:`mmdyn.ops.may_fuse`), all four attentions are folded into
+    per-sample weights by a few Triton kernels instead.
 
     Args:
-        kernel_num (int): Number of kernels ("1x" or "4x" in the paper).
+        kernel_num (int): Number of weights n ("1x" or "4x" in the paper).
             Default: 1.
         reduction (float): Attention width as a fraction of in_channels.
             Default: 1/16.
         min_channels (int): Smallest attention width. Default: 16.
         norm_cfg (dict): Norm layer of the attention branch.
             Default: ``dict(type='BN')``.
-        Others: see :class:`mmdyn.layers.DynamicConv2d`. The authors' layer
-            has no bias; ``bias=True`` adds a static one after the filter
-            attention.
+        Others: see :class:`mmdyn.layers.BaseDynamicConv2d`. The authors'
+            layer has no bias; ``bias=True`` adds a static one after the
+            filter attention.
     """
 
     def __init__(self,
@@ -153,16 +153,17 @@ class ODConv2d(DynamicConv2d):
             attention_width(name, in_channels, reduction, min_channels),
             depthwise=self.is_depthwise,
             norm_cfg=dict(type='BN') if norm_cfg is None else norm_cfg)
-        self.weight = make_kernel_bank(kernel_num, out_channels,
+        self.weight = make_weight_bank(kernel_num, out_channels,
                                        in_channels // groups,
                                        self.kernel_size)
 
     def load_static_weight(self, weight: Tensor,
                            bias: Optional[Tensor] = None) -> None:
         """Zero the attention heads (each sigmoid attention is then 0.5, the
-        kernel attention 1/K) and set every kernel to ``weight / 0.5^n``, n
-        the number of sigmoid attentions this layer has: the layer starts as
-        the static conv, and the heads learn from there."""
+        kernel-wise attention 1/n) and set every weight of the bank to
+        ``weight / 0.5^m``, m the number of sigmoid attentions this layer
+        has: the layer starts as the static conv, and the heads learn from
+        there."""
         self._check_static(weight, bias)
         heads = [getattr(self.attention, name, None)
                  for name in ('channel_fc', 'filter_fc', 'spatial_fc')]
@@ -183,109 +184,30 @@ class ODConv2d(DynamicConv2d):
         return {name: value for name, value in maps.items()
                 if value is not None}
 
-    def uses_triton(self, x: Tensor) -> bool:
-        """Whether forward computes the attentions and per-sample kernels
-        for input ``x`` with the fused Triton kernels
-        (:mod:`mmdyn.layers.odconv_fused`): where :attr:`triton_kernels`
-        allows it, for float32 and float64 outside autocast,
-        ``torch.compile`` and tracing, with the attention's BatchNorm using
-        running statistics (``norm_eval=True``), one group or a depthwise
-        conv, the attentions folded into the kernels
-        (:meth:`folds_attentions`) and no hooks on the attention branch."""
-        attention = self.attention
-        bn = attention.bn
-        return (self._triton_can_run(x, [self.weight, attention.fc.weight],
-                                     [attention])
-                and isinstance(bn, _BatchNorm) and not bn.training
-                and bn.running_mean is not None
-                and (self.groups == 1 or self.is_depthwise)
-                and attention.fc.out_channels <= MAX_ATTENTION_CHANNELS
-                and self.kernel_num <= MAX_KERNELS
-                and self.folds_attentions(x))
-
-    def _fused_kernels(self, x: Tensor,
-                       input_sum: Optional[Tensor]) -> Tensor:
-        """Per-sample kernels (B, out, in / groups, kh, kw) with every
-        attention folded in, from :class:`FusedODKernels`, for input ``x``
-        summed over its pixels (``input_sum`` if given)."""
-        att = self.attention
-        bn = att.bn
-        heads = [getattr(att, name, None) for name in att._HEADS]
-        layout = FoldLayout(
-            depthwise=self.is_depthwise,
-            channel=self.in_channels,
-            filter=0 if heads[1] is None else self.out_channels,
-            spatial=0 if heads[2] is None else heads[2].out_channels,
-            kernels=self.kernel_num,
-            out_channels=self.out_channels,
-            in_per_group=self.in_channels // self.groups,
-            taps=self.kernel_size[0] * self.kernel_size[1])
-        head_args = []
-        for head in heads:
-            head_args += [None, None] if head is None else [
-                head.weight.contiguous(), head.bias]
-        pooled = x.sum(dim=(2, 3)) if input_sum is None else input_sum
-        return FusedODKernels.apply(
-            layout, pooled, x.shape[2] * x.shape[3], self.temperature,
-            att.fc.weight.contiguous(), bn.weight, bn.bias, bn.running_mean,
-            bn.running_var, bn.eps, *head_args, self.weight.contiguous())
-
-    def forward(self, x: Tensor,
-                input_sum: Optional[Tensor] = None) -> Tensor:
-        """``input_sum``: ``x`` summed over its pixels (B, C), where the
-        caller has it (:meth:`takes_input_sum`); else the layer sums ``x``
-        where it needs to."""
-        if self.uses_triton(x):
-            return self.per_sample(x, self._fused_kernels(x, input_sum),
+    def forward(self, x: Tensor) -> Tensor:
+        if fused.applies(self, x):
+            return self.per_sample(x, fused.odconv_weights(self, x),
                                    self._per_sample_bias(x.shape[0]))
-        attention = self.attention(x, self.temperature)
-        fold = self.folds_attentions(x)
-        static_kernel = attention.kernel is None and attention.spatial is None
-        if static_kernel and not fold:
-            return self._scaled_static_conv(x, attention)
-        if attention.kernel is None:
-            weight = self.weight
+        att = self.attention(x, self.temperature)
+        # the weights the kernel-wise (a_w) and spatial (a_s) attentions
+        # make: (1 or B, out, in / groups, kh, kw)
+        weight = self.weight if att.kernel is None else mix_weights(
+            att.kernel, self.weight)
+        if att.spatial is not None:
+            weight = weight * att.spatial.view(-1, 1, 1, *self.kernel_size)
+        # the input-channel attention (a_c) on the input
+        x = x * att.channel[:, :, None, None]
+        if weight.shape[0] == 1:  # one static weight for every sample
+            out = F.conv2d(x, weight[0], None, groups=self.groups,
+                           **self.conv_kwargs())
         else:
-            weight = aggregate_kernels(attention.kernel, self.weight)
-        if attention.spatial is not None:
-            weight = weight * attention.spatial.view(-1, 1, 1,
-                                                     *self.kernel_size)
-        batch = x.shape[0]
-        weight = weight.expand(batch, *weight.shape[1:])
-        if fold:
-            return self._folded_conv(x, weight, attention)
-        out = self.per_sample(x * attention.channel[:, :, None, None],
-                              weight)
-        return self._filter_and_bias(out, attention)
-
-    def _scaled_static_conv(self, x: Tensor, attention) -> Tensor:
-        """A 1x1 layer with one kernel: a static conv between the channel
-        and the filter scalings."""
-        out = F.conv2d(x * attention.channel[:, :, None, None],
-                       self.weight[0], None, groups=self.groups,
-                       **self.conv_kwargs())
-        return self._filter_and_bias(out, attention)
-
-    def _filter_and_bias(self, out: Tensor, attention) -> Tensor:
-        if attention.filter is not None:
-            out = out * attention.filter[:, :, None, None]
+            out = self.per_sample(x, weight)
+        # the filter attention (a_f) on the output
+        if att.filter is not None:
+            out = out * att.filter[:, :, None, None]
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
-
-    def _folded_conv(self, x: Tensor, weight: Tensor, attention) -> Tensor:
-        """Per-sample kernels scaled by a_f (rows) and a_c (columns): for a
-        grouped conv, kernel row o sees the input channels of its group."""
-        batch, groups = x.shape[0], self.groups
-        in_per_group = self.in_channels // groups
-        channel = attention.channel.view(batch, groups, 1, in_per_group)
-        channel = channel.expand(batch, groups,
-                                 self.out_channels // groups, in_per_group)
-        scale = channel.reshape(batch, self.out_channels, in_per_group)
-        if attention.filter is not None:
-            scale = scale * attention.filter[:, :, None]
-        weight = weight * scale[..., None, None]
-        return self.per_sample(x, weight, self._per_sample_bias(batch))
 
     def _per_sample_bias(self, batch: int) -> Optional[Tensor]:
         """The static bias as one per sample (B, out), for

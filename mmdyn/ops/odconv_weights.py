@@ -1,18 +1,18 @@
-"""ODConv's attention branch and kernel fold as one autograd function: from
-the pooled input to the per-sample kernels in three Triton kernels, and back
-in three.
+"""ODConv's attention branch and per-sample weights as one fused op: from
+the input's pixel sums to the weights of Eq. 2 with all four attentions
+folded in, in three Triton kernels, and back in three.
 
-Written with PyTorch operations, the branch and the fold of one layer launch
-about 14 kernels forward and 25 backward, each on a vector or a kernel-sized
-tensor; a ResNet-50 has 48 such layers, and on a GPU the chain of small
-kernels, not arithmetic, sets their time (Sec. "Speed" of the README). The
-kernels here (:mod:`mmdyn.layers.odconv_kernels`) compute
+Written with PyTorch operations, the branch and the weights of one layer
+launch about 14 GPU kernels forward and 25 backward, each on a vector or a
+weight-sized tensor; a ResNet-50 has 48 such layers, and on a GPU the chain
+of small launches, not arithmetic, sets their time (``docs/design.md``).
+The kernels (:mod:`mmdyn.ops.odconv_kernels`) compute
 
 - ``hidden_fwd``: ``h = relu(bn(fc(mean)))``, the BatchNorm as the affine
   map of its running statistics;
 - ``gates_fwd``: the sigmoid channel, filter and spatial attentions and the
-  softmax kernel attention (Sec. 3.2 of the ODConv paper);
-- ``fold_fwd``: the per-sample kernels ``a_f a_c a_s sum_n a_w W_n``
+  softmax kernel-wise attention (Sec. 3.2 of the ODConv paper);
+- ``fold_fwd``: the per-sample weights ``a_f a_c a_s sum_n a_w W_n``
   (Eq. 2);
 
 and their backward in reverse (``fold_bwd``, ``heads_bwd``, ``hidden_bwd``),
@@ -23,16 +23,18 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .triton_support import accumulator, cdiv, next_pow2
+from .dispatch import may_fuse
+from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest attention branch the backward kernel takes in one tile.
 MAX_ATTENTION_CHANNELS = 512
 #: Elements per tile of the fold kernels.
 _FOLD_TILE = 4096
 _HEAD_ROWS = 64
-#: Most kernels in the bank: one program takes the kernel head's rows.
-MAX_KERNELS = _HEAD_ROWS
+#: Most weights in the bank: one program takes the kernel head's rows.
+MAX_WEIGHTS = _HEAD_ROWS
 
 
 class FoldLayout(NamedTuple):
@@ -41,7 +43,7 @@ class FoldLayout(NamedTuple):
     channel: int  # NC: channel attention width (in_channels)
     filter: int  # NF: out_channels, 0 without a filter attention
     spatial: int  # NS: kh * kw, 0 without a spatial attention
-    kernels: int  # K: kernels in the bank
+    weights: int  # K: weights in the bank (kernel_num)
     out_channels: int
     in_per_group: int
     taps: int  # kh * kw
@@ -56,13 +58,13 @@ def _fold_tiles(layout: FoldLayout):
     return rows, cols, taps
 
 
-class FusedODKernels(torch.autograd.Function):
-    """Pooled sums (B, C) -> per-sample kernels (B, O, C / groups, kh, kw).
+class FusedODConvWeights(torch.autograd.Function):
+    """Pixel sums (B, C) -> per-sample weights (B, O, C / groups, kh, kw).
 
-    Inputs after the layout: the pooled sums and the pixel count they sum;
+    Inputs after the layout: the pixel sums and the pixel count they sum;
     the temperature; the attention's ``fc`` weight and BatchNorm (weight,
     bias, running mean and variance, eps); weight and bias of the channel,
-    filter, spatial and kernel heads (None where absent); the kernel bank.
+    filter, spatial and kernel heads (None where absent); the weight bank.
     """
 
     @staticmethod
@@ -71,7 +73,7 @@ class FusedODKernels(torch.autograd.Function):
                 bn_b: Optional[Tensor], mean: Tensor, var: Tensor,
                 eps: float, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k,
                 bank: Tensor) -> Tensor:
-        from . import odconv_kernels as kernels
+        from . import odconv_kernels as gpu
         batch, channels = pooled.shape
         width = fc_w.shape[0]
         acc = accumulator(pooled.dtype)
@@ -81,26 +83,26 @@ class FusedODKernels(torch.autograd.Function):
         affine = bn_w is not None
         u = pooled.new_empty(batch, width)
         h = pooled.new_empty(batch, width)
-        kernels.hidden_fwd[(batch, cdiv(width, 32))](
+        gpu.hidden_fwd[(batch, cdiv(width, 32))](
             pooled, pixels, fc_w, mean, var,
             bn_w if affine else dummy, bn_b if affine else dummy, eps, u, h,
             channels, width, HAS_AFFINE=affine, BA=32, BC=128, ACC=acc)
         num_gates = layout.channel + layout.filter + layout.spatial + (
-            layout.kernels if layout.kernels > 1 else 0)
+            layout.weights if layout.weights > 1 else 0)
         gates = pooled.new_empty(batch, num_gates)
         head_cols = min(next_pow2(width), 128)
-        kernels.gates_fwd[(batch, _sigmoid_blocks(layout) +
-                           (layout.kernels > 1))](
+        gpu.gates_fwd[(batch, _sigmoid_blocks(layout) +
+                       (layout.weights > 1))](
             h, *heads, gates, width, layout.channel, layout.filter,
-            layout.spatial, num_gates, temperature, NK=layout.kernels,
+            layout.spatial, num_gates, temperature, NK=layout.weights,
             BJ=_HEAD_ROWS, BA=head_cols, ACC=acc)
         out = bank.new_empty(batch, *bank.shape[1:])
         rows, cols, taps = _fold_tiles(layout)
-        kernels.fold_fwd[(cdiv(layout.out_channels, rows),
-                          cdiv(layout.in_per_group, cols))](
+        gpu.fold_fwd[(cdiv(layout.out_channels, rows),
+                      cdiv(layout.in_per_group, cols))](
             gates, bank, out, batch, layout.out_channels,
             layout.in_per_group, layout.taps, num_gates, layout.channel,
-            layout.filter, layout.spatial, NK=layout.kernels,
+            layout.filter, layout.spatial, NK=layout.weights,
             DEPTHWISE=layout.depthwise, HAS_FILTER=layout.filter > 0,
             HAS_SPATIAL=layout.spatial > 0, BO=rows, BC=cols, BT=taps,
             ACC=acc)
@@ -114,7 +116,7 @@ class FusedODKernels(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        from . import odconv_kernels as kernels
+        from . import odconv_kernels as gpu
         (pooled, fc_w, bn_w, mean, var, u, h, gates, bank, w_c, w_f, w_s,
          w_k) = ctx.saved_tensors
         layout = ctx.layout
@@ -134,14 +136,14 @@ class FusedODKernels(torch.autograd.Function):
             if not layout.depthwise else dummy
         part_s = new(batch, row_tiles * col_tiles, layout.spatial) \
             if layout.spatial else dummy
-        part_w = new(batch, row_tiles * col_tiles, layout.kernels) \
-            if layout.kernels > 1 else dummy
+        part_w = new(batch, row_tiles * col_tiles, layout.weights) \
+            if layout.weights > 1 else dummy
         grad_bank = torch.empty_like(bank)
-        kernels.fold_bwd[(row_tiles, col_tiles)](
+        gpu.fold_bwd[(row_tiles, col_tiles)](
             gates, bank, grad_out, grad_bank, part_f, part_c, part_s, part_w,
             batch, layout.out_channels, layout.in_per_group, layout.taps,
             num_gates, layout.channel, layout.filter, layout.spatial,
-            NK=layout.kernels, DEPTHWISE=layout.depthwise,
+            NK=layout.weights, DEPTHWISE=layout.depthwise,
             HAS_FILTER=layout.filter > 0, HAS_SPATIAL=layout.spatial > 0,
             BO=rows, BC=cols, BT=taps, ACC=acc)
 
@@ -150,17 +152,17 @@ class FusedODKernels(torch.autograd.Function):
                       for w in heads]
         bias_grads = [new(w.shape[0]) if w is not None else dummy
                       for w in heads]
-        blocks = _sigmoid_blocks(layout) + (layout.kernels > 1)
+        blocks = _sigmoid_blocks(layout) + (layout.weights > 1)
         grad_logits = new(batch, num_gates)
         part_h = new(blocks, batch, width)
-        kernels.heads_bwd[(blocks, )](
+        gpu.heads_bwd[(blocks, )](
             gates, h, *[w if w is not None else dummy for w in heads],
             part_f, part_c, part_s, part_w, grad_logits, head_grads[0],
             bias_grads[0], head_grads[1], bias_grads[1], head_grads[2],
             bias_grads[2], head_grads[3], bias_grads[3], part_h, batch,
             width, layout.out_channels, layout.channel, layout.filter,
             layout.spatial, num_gates, row_tiles, col_tiles,
-            ctx.temperature, NK=layout.kernels, DEPTHWISE=layout.depthwise,
+            ctx.temperature, NK=layout.weights, DEPTHWISE=layout.depthwise,
             BJ=_HEAD_ROWS, BA=min(next_pow2(width), 64), BR=32, ACC=acc)
 
         grad_fc_w = torch.empty_like(fc_w)
@@ -169,7 +171,7 @@ class FusedODKernels(torch.autograd.Function):
         grad_bn_b = new(width) if ctx.affine else dummy
         width_tile = next_pow2(width)
         col_block = max(16, min(128, 8192 // width_tile))
-        kernels.hidden_bwd[(cdiv(channels, col_block), )](
+        gpu.hidden_bwd[(cdiv(channels, col_block), )](
             part_h, blocks, pooled, ctx.pixels, u, h, fc_w, mean, var,
             bn_w if ctx.affine else dummy, ctx.eps, grad_fc_w, grad_pooled,
             grad_bn_w, grad_bn_b, batch, width, channels,
@@ -187,3 +189,52 @@ class FusedODKernels(torch.autograd.Function):
 
 def _sigmoid_blocks(layout: FoldLayout) -> int:
     return cdiv(layout.channel + layout.filter + layout.spatial, _HEAD_ROWS)
+
+
+def _layout(layer) -> FoldLayout:
+    att = layer.attention
+    spatial = getattr(att, 'spatial_fc', None)
+    return FoldLayout(
+        depthwise=layer.is_depthwise,
+        channel=layer.in_channels,
+        filter=layer.out_channels if hasattr(att, 'filter_fc') else 0,
+        spatial=0 if spatial is None else spatial.out_channels,
+        weights=layer.kernel_num,
+        out_channels=layer.out_channels,
+        in_per_group=layer.in_channels // layer.groups,
+        taps=layer.kernel_size[0] * layer.kernel_size[1])
+
+
+def applies(layer, x: Tensor) -> bool:
+    """Whether :func:`odconv_weights` computes ``layer``'s weights for input
+    ``x``: where :func:`~mmdyn.ops.dispatch.may_fuse` allows it (for the
+    attention branch), the branch's BatchNorm uses running statistics
+    (eval mode, as with ``norm_eval=True``), and the layer is dense or
+    depthwise with an attention branch and a bank the kernels take."""
+    att = layer.attention
+    bn = att.bn
+    return (isinstance(bn, _BatchNorm) and not bn.training
+            and bn.running_mean is not None
+            and (layer.groups == 1 or layer.is_depthwise)
+            and att.fc.out_channels <= MAX_ATTENTION_CHANNELS
+            and layer.kernel_num <= MAX_WEIGHTS
+            and may_fuse(x, [layer.weight, att.fc.weight], [att]))
+
+
+def odconv_weights(layer, x: Tensor) -> Tensor:
+    """The per-sample weights (B, out, in / groups, kh, kw) of
+    :class:`~mmdyn.layers.ODConv2d` ``layer`` for input ``x``, every
+    attention folded in (Eq. 2), from :class:`FusedODConvWeights`; call
+    where :func:`applies`."""
+    att = layer.attention
+    bn = att.bn
+    heads = []
+    for name in ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc'):
+        head = getattr(att, name, None)
+        heads += [None, None] if head is None else [head.weight.contiguous(),
+                                                    head.bias]
+    return FusedODConvWeights.apply(
+        _layout(layer), x.sum(dim=(2, 3)), x.shape[2] * x.shape[3],
+        float(layer.temperature), att.fc.weight.contiguous(), bn.weight,
+        bn.bias, bn.running_mean, bn.running_var, bn.eps, *heads,
+        layer.weight.contiguous())

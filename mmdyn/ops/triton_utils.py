@@ -1,5 +1,5 @@
-"""What mmdyn's fused Triton kernels share: whether Triton can run, and the
-small arithmetic of launching them."""
+"""What the fused ops share outside their GPU kernels: whether Triton is
+there, and the small arithmetic of launching the kernels."""
 import functools
 import os
 
@@ -19,14 +19,6 @@ def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter
     (``TRITON_INTERPRET=1``, read when the kernels are first imported)."""
     return os.environ.get('TRITON_INTERPRET') == '1'
-
-
-def check_triton_kernels(owner: str, value) -> None:
-    """Raise if ``value`` is not a valid ``triton_kernels`` setting (None,
-    True or False; 1 and 0 are not)."""
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f'{owner}: triton_kernels must be None, True or '
-                         f'False, got {value!r}')
 
 
 def next_pow2(n: int) -> int:

@@ -1,13 +1,13 @@
-"""A bank of K static kernels mixed per sample by an attention: Eq. 1 of the
-ODConv paper, ``y = (a_1 W_1 + ... + a_K W_K) * x``, as in CondConv and
+"""A bank of K static weights mixed per sample by an attention: Eq. 1 of
+the ODConv paper, ``y = (a_1 W_1 + ... + a_K W_K) * x``, as in CondConv and
 DyConv."""
 from typing import Dict
 
 import torch
 from torch import Tensor, nn
 
-from .base import DynamicConv2d, IntOrPair
-from .functional import aggregate_kernels
+from .base import BaseDynamicConv2d, IntOrPair
+from .functional import mix_weights
 
 
 def check_kernel_num(layer: str, kernel_num: int) -> int:
@@ -18,26 +18,26 @@ def check_kernel_num(layer: str, kernel_num: int) -> int:
     return kernel_num
 
 
-def make_kernel_bank(kernel_num: int, out_channels: int, in_per_group: int,
+def make_weight_bank(kernel_num: int, out_channels: int, in_per_group: int,
                      kernel_size: tuple) -> nn.Parameter:
-    """(kernel_num, out, in / groups, kh, kw) weights, each kernel drawn
+    """(kernel_num, out, in / groups, kh, kw) weights, each drawn
     independently with Kaiming-normal (fan_out, ReLU) as in the authors'
     code."""
     weight = torch.empty(kernel_num, out_channels, in_per_group, *kernel_size)
-    for kernel in weight:
-        nn.init.kaiming_normal_(kernel, mode='fan_out', nonlinearity='relu')
+    for one in weight:
+        nn.init.kaiming_normal_(one, mode='fan_out', nonlinearity='relu')
     return nn.Parameter(weight)
 
 
-class KernelBankConv2d(DynamicConv2d):
-    """Base of CondConv and DyConv: K kernels (and biases) mixed by a
+class WeightBankConv2d(BaseDynamicConv2d):
+    """Base of CondConv and DyConv: K weights (and biases) mixed by a
     per-sample attention of shape (B, K) that subclasses compute in
     :meth:`kernel_attention`.
 
     Args:
-        kernel_num (int): Number of kernels K.
-        Others: see :class:`DynamicConv2d`. With ``bias=True`` each kernel
-            has its own bias, mixed by the same attention.
+        kernel_num (int): Number of weights K (the papers' "kernels").
+        Others: see :class:`BaseDynamicConv2d`. With ``bias=True`` each
+            weight has its own bias, mixed by the same attention.
     """
 
     def __init__(self,
@@ -54,14 +54,14 @@ class KernelBankConv2d(DynamicConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          padding, dilation, groups, False, temperature)
         self.kernel_num = check_kernel_num(type(self).__name__, kernel_num)
-        self.weight = make_kernel_bank(kernel_num, out_channels,
+        self.weight = make_weight_bank(kernel_num, out_channels,
                                        in_channels // groups,
                                        self.kernel_size)
         if bias:
             self.bias = nn.Parameter(torch.zeros(kernel_num, out_channels))
 
     def kernel_attention(self, x: Tensor) -> Tensor:
-        """(B, K) weights of the kernels for input ``x``."""
+        """(B, K) weights of the bank's K weights for input ``x``."""
         raise NotImplementedError
 
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
@@ -74,9 +74,9 @@ class KernelBankConv2d(DynamicConv2d):
         return 1.0
 
     def load_static_weight(self, weight: Tensor, bias=None) -> None:
-        """Every kernel (and bias) becomes ``weight / s`` with ``s`` the sum
-        of the attention weights at the start, so the layer starts as the
-        static conv."""
+        """Every weight (and bias) of the bank becomes ``weight / s`` with
+        ``s`` the sum of the attention weights at the start, so the layer
+        starts as the static conv."""
         self._check_static(weight, bias)
         scale = 1.0 / self.prepare_static_start()
         with torch.no_grad():
@@ -86,7 +86,7 @@ class KernelBankConv2d(DynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.kernel_attention(x)
-        weight = aggregate_kernels(attention, self.weight)
-        bias = None if self.bias is None else aggregate_kernels(
-            attention, self.bias)
+        weight = mix_weights(attention, self.weight)
+        bias = None if self.bias is None else mix_weights(attention,
+                                                          self.bias)
         return self.per_sample(x, weight, bias)

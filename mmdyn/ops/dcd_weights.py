@@ -1,11 +1,12 @@
-"""DCD's folded kernels as one autograd function: from the pooled input to
-the per-sample kernels and biases of Eq. 4 of the DCD paper in three Triton
-kernels (:mod:`mmdyn.layers.dcd_kernels`), and back in four.
+"""DCD's per-sample weights as one fused op: from the input's pixel sums to
+the weights and biases of Eq. 4 of the DCD paper (with eval-mode BatchNorms
+as affine maps) in three Triton kernels (:mod:`mmdyn.ops.dcd_kernels`), and
+back in four.
 
-Written with PyTorch operations, the dynamic branch and the fold of one
-layer launch about 25 kernels forward and 70 backward, most of them on
-vectors; a ResNet-50 has 48 such layers, and on a GPU the chain of small
-kernels, not arithmetic, sets their time. Here they are
+Written with PyTorch operations, the dynamic branch and the folded weights
+of one layer launch about 25 GPU kernels forward and 70 backward, most of
+them on vectors; a ResNet-50 has 48 such layers, and on a GPU the chain of
+small launches, not arithmetic, sets their time. Here they are
 
 - ``squeeze_fwd``: the branch's first product, ``fc[0]`` on the pooled
   mean;
@@ -23,8 +24,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .triton_support import accumulator, cdiv, next_pow2
+from .dispatch import may_fuse
+from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest dynamic branch and largest latent space the kernels take.
 MAX_SQUEEZE_CHANNELS = 512
@@ -42,7 +45,7 @@ class FoldShape(NamedTuple):
 
     @property
     def centre(self) -> int:
-        """Index of the kernel's centre tap among its kh * kw."""
+        """Index of the centre tap among the kh * kw taps of a filter."""
         kh, kw = self.kernel_size
         return (kh - 1) // 2 * kw + (kw - 1) // 2
 
@@ -71,11 +74,11 @@ def _parts_per_load(count: int, tile: int) -> int:
     return max(1, min(next_pow2(count), 8192 // tile))
 
 
-class FusedDCDKernels(torch.autograd.Function):
-    """Pooled sums (B, C) -> per-sample kernels (B, CO, CI, kh, kw) and
+class FusedDCDWeights(torch.autograd.Function):
+    """Pixel sums (B, C) -> per-sample weights (B, CO, CI, kh, kw) and
     biases (B, CO).
 
-    Inputs after the shape: the pooled sums and the pixel count they sum;
+    Inputs after the shape: the pixel sums and the pixel count they sum;
     the weights of ``fc[0]``, the squeeze gate, ``fc_phi`` and
     ``fc_scale``; P (CO, L) and Q (L, CI); W0; bn1's and bn2's running mean
     and variance, weight and bias (None without affine); the layer's bias
@@ -90,7 +93,7 @@ class FusedDCDKernels(torch.autograd.Function):
                 bn1_b: Optional[Tensor], mean2: Tensor, var2: Tensor,
                 bn2_w: Optional[Tensor], bn2_b: Optional[Tensor],
                 bias: Optional[Tensor]):
-        from . import dcd_kernels as kernels
+        from . import dcd_kernels as gpu
         save = shape.save
         # the kernels index them as dense row-major arrays
         w_in, w_gate, w_phi, w_scale, p, q, w0 = (
@@ -105,7 +108,7 @@ class FusedDCDKernels(torch.autograd.Function):
 
         squeezed = new(batch, width)
         rows = 32
-        kernels.squeeze_fwd[(batch, cdiv(width, rows))](
+        gpu.squeeze_fwd[(batch, cdiv(width, rows))](
             pooled, pixels, w_in, squeezed, channels, width, BS=rows, BC=128,
             ACC=acc)
 
@@ -116,8 +119,8 @@ class FusedDCDKernels(torch.autograd.Function):
         scale_logits = new(batch, out_channels) if save else scale
         squeeze_tile = next_pow2(width)
         head_rows = max(1, min(64, 8192 // squeeze_tile))
-        kernels.heads_fwd[(batch, cdiv(latent * latent + out_channels,
-                                       head_rows))](
+        gpu.heads_fwd[(batch, cdiv(latent * latent + out_channels,
+                                   head_rows))](
             squeezed, w_gate, w_phi, w_scale, phi, scale, gate, hidden,
             scale_logits, width, latent * latent, out_channels,
             shape.temperature, SAVE=save, BJ=head_rows, BS=squeeze_tile,
@@ -132,8 +135,8 @@ class FusedDCDKernels(torch.autograd.Function):
         mixing = new(batch, out_channels, latent) if save else scale
         mixing_a1 = new(batch, latent, out_channels) if save else scale
         rows, cols, tap_tile = _fold_tiles(out_channels, in_channels, taps)
-        kernels.fold_fwd[(cdiv(out_channels, rows),
-                          cdiv(in_channels, cols))](
+        gpu.fold_fwd[(cdiv(out_channels, rows),
+                      cdiv(in_channels, cols))](
             phi, scale, p, q, w0, *bn1, *bn2,
             bias if bias is not None else folded_bias, weight, folded_bias,
             mixing, mixing_a1, batch, out_channels, in_channels, taps, latent,
@@ -154,7 +157,7 @@ class FusedDCDKernels(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_weight: Tensor, grad_bias: Tensor):
-        from . import dcd_kernels as kernels
+        from . import dcd_kernels as gpu
         (pooled, squeezed, gate, hidden, phi, scale, scale_logits, mixing,
          mixing_a1, w_in, w_gate, w_phi, w_scale, p, q, w0, mean1, var1,
          bn1_w, bn1_b, mean2, var2, bn2_w, bn2_b) = ctx.saved_tensors
@@ -179,7 +182,7 @@ class FusedDCDKernels(torch.autograd.Function):
         part_lam = new(batch, col_tiles, out_channels)
         part_m = new(batch, col_tiles, latent, out_channels)
         part_q = new(batch, row_tiles, latent, in_channels)
-        kernels.fold_bwd[(row_tiles, col_tiles)](
+        gpu.fold_bwd[(row_tiles, col_tiles)](
             grad_weight, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
             part_q, batch, out_channels, in_channels, taps, latent,
             shape.centre, BO=rows, BC=cols, BT=tap_tile, BL=latent_tile,
@@ -192,7 +195,7 @@ class FusedDCDKernels(torch.autograd.Function):
         grad_layer_bias = new(out_channels) if ctx.has_bias else grad_p
         part_phi = new(mix_tiles, batch, latent, latent)
         part_bn = new(mix_tiles, 4, latent)
-        kernels.mixing_bwd[(mix_tiles, )](
+        gpu.mixing_bwd[(mix_tiles, )](
             grad_bias, part_lam, part_m, scale_logits, mixing, phi, p, *bn1,
             *bn2, grad_lam_logits, grad_p, grad_layer_bias, part_phi,
             part_bn, batch, out_channels, latent, col_tiles,
@@ -210,7 +213,7 @@ class FusedDCDKernels(torch.autograd.Function):
         part_h = new(head_blocks, batch, width)
         grad_q = torch.empty_like(q)
         grad_bn = new(4, latent) if ctx.affine else grad_q
-        kernels.heads_bwd[(head_blocks + q_blocks + ctx.affine, )](
+        gpu.heads_bwd[(head_blocks + q_blocks + ctx.affine, )](
             part_phi, grad_lam_logits, hidden, w_phi, w_scale, part_q,
             part_bn, *bn1, *bn2, grad_w_phi, grad_w_scale, part_h, grad_q,
             grad_bn, batch, width, latent, out_channels, in_channels,
@@ -227,7 +230,7 @@ class FusedDCDKernels(torch.autograd.Function):
         grad_w_in = torch.empty_like(w_in)
         grad_w_gate = torch.empty_like(w_gate)
         grad_pooled = torch.empty_like(pooled)
-        kernels.hidden_bwd[(col_blocks + cdiv(width, gate_rows), )](
+        gpu.hidden_bwd[(col_blocks + cdiv(width, gate_rows), )](
             part_h, head_blocks, gate, squeezed, pooled, ctx.pixels, w_gate,
             w_in, grad_w_gate, grad_w_in, grad_pooled, batch, width,
             channels, col_blocks, BS=squeeze_tile, BR=gate_rows,
@@ -242,20 +245,32 @@ class FusedDCDKernels(torch.autograd.Function):
                 bn_grads[3], grad_layer_bias if ctx.has_bias else None)
 
 
-def dcd_folded_kernels(layer, x: Tensor,
-                       input_sum: Optional[Tensor] = None
-                       ) -> Tuple[Tensor, Tensor]:
-    """Per-sample kernels (B, out, in, kh, kw) and biases (B, out) of a
-    :class:`~mmdyn.layers.DCDConv2d` for input ``x`` (summed over its
-    pixels: ``input_sum`` if given), as its ``_folded_kernels`` computes
-    them."""
-    height, width = x.shape[-2:]
-    # the mean's gradient is a broadcast of the pooled one (no full-size
-    # tensor written backward; see global_avg_pool)
-    pooled = x.sum(dim=(2, 3)) if input_sum is None else input_sum
+def applies(layer, x: Tensor) -> bool:
+    """Whether :func:`dcd_weights` computes ``layer``'s weights for input
+    ``x``: where :func:`~mmdyn.ops.dispatch.may_fuse` allows it (for the
+    dynamic branch), both BatchNorms use running statistics (eval mode, as
+    with ``norm_eval=True``: affine maps that fold into the weights), and
+    the layer is dense, pools to 1x1 and has a branch the kernels take."""
     bn1, bn2 = layer.bn1, layer.bn2
-    tensors = (pooled, height * width, layer.fc[0].weight,
-               layer.fc[1].fc[0].weight, layer.fc_phi.weight,
+    return (layer.groups == 1 and layer.pool_size == 1
+            and all(isinstance(bn, _BatchNorm) and not bn.training
+                    and bn.running_var is not None for bn in (bn1, bn2))
+            and (bn1.weight is None) == (bn2.weight is None)
+            and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
+            and layer.latent_dim <= MAX_LATENT_DIM
+            and may_fuse(x, [layer.conv.weight, layer.fc_phi.weight,
+                             layer.p.weight],
+                         [layer.fc, layer.fc_phi, layer.fc_scale]))
+
+
+def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """The per-sample weights (B, out, in, kh, kw) and biases (B, out) of
+    :class:`~mmdyn.layers.DCDConv2d` ``layer`` for input ``x``: Eq. 4 of
+    the DCD paper, its BatchNorms folded in, from
+    :class:`FusedDCDWeights`; call where :func:`applies`."""
+    bn1, bn2 = layer.bn1, layer.bn2
+    tensors = (x.sum(dim=(2, 3)), x.shape[2] * x.shape[3],
+               layer.fc[0].weight, layer.fc[1].weight, layer.fc_phi.weight,
                layer.fc_scale.weight, layer.p.weight.flatten(1),
                layer.q.weight.flatten(1), layer.conv.weight,
                bn1.running_mean, bn1.running_var, bn1.weight, bn1.bias,
@@ -265,4 +280,4 @@ def dcd_folded_kernels(layer, x: Tensor,
         isinstance(t, Tensor) and t.requires_grad for t in tensors)
     shape = FoldShape(layer.kernel_size, float(layer.temperature),
                       float(bn1.eps), float(bn2.eps), save)
-    return FusedDCDKernels.apply(shape, *tensors)
+    return FusedDCDWeights.apply(shape, *tensors)

@@ -60,7 +60,7 @@ def sum_of_parts_2d(parts, count, stride, offsets, mask, BP: tl.constexpr,
 @triton.jit
 def fold_tile(po, pc, CO, CI, KK, BO: tl.constexpr, BC: tl.constexpr,
               BT: tl.constexpr):
-    """Offsets and mask of a (BO, BC, BT) tile of a (CO, CI, KK) kernel, and
+    """Offsets and mask of a (BO, BC, BT) tile of a (CO, CI, KK) weight, and
     its row, column and tap indices."""
     o = po * BO + tl.arange(0, BO)
     c = pc * BC + tl.arange(0, BC)

@@ -1,14 +1,14 @@
-"""Triton kernels of ODConv's fused attention-and-fold (see
-:mod:`mmdyn.layers.odconv_fused`, which launches them).
+"""Triton kernels of ODConv's fused attentions and per-sample weights (see
+:mod:`mmdyn.ops.odconv_weights`, which launches them).
 
 Shapes, B the batch: ``pooled`` (B, C) sums of the input over H and W;
 ``u`` and ``h`` (B, A) the attention's pre-norm and hidden features;
 ``gates`` (B, J) the four attentions side by side (channel C, filter NF,
-spatial NS, kernel NK columns; absent ones have 0 columns); the kernel bank
-``(K, CO, CI, KK)`` and the per-sample kernels ``(B, CO, CI, KK)`` with CI
-the input channels per group and KK the kernel taps. ``DEPTHWISE`` layers
-(CI == 1, one output per input channel) have no filter attention and scale
-kernel row o by channel attention o. Accumulation is in ``ACC`` (float32,
+spatial NS, kernel NK columns; absent ones have 0 columns); the weight bank
+``(K, CO, CI, KK)`` and the per-sample weights ``(B, CO, CI, KK)`` with CI
+the input channels per group and KK the taps of a filter. ``DEPTHWISE``
+layers (CI == 1, one output per input channel) have no filter attention and
+scale weight row o by channel attention o. Accumulation is in ``ACC`` (float32,
 or float64 for float64 inputs).
 """
 import triton
@@ -134,22 +134,22 @@ def _scales(g, o, c, t, CO, CI, KK, NC, NF, DEPTHWISE: tl.constexpr,
 
 
 @triton.jit
-def _mixed_kernel(bank, g, offsets, mask, kernel_size, num_sigmoid,
+def _mixed_weight(bank, g, offsets, mask, bank_stride, num_sigmoid,
                   NK: tl.constexpr, ACC: tl.constexpr, BO: tl.constexpr,
                   BC: tl.constexpr, BT: tl.constexpr):
-    """sum_n a_w[n] W_n at a tile (Eq. 2's kernel attention)."""
+    """sum_n a_w[n] W_n at a tile (Eq. 2's kernel-wise attention)."""
     acc = tl.zeros([BO, BC, BT], ACC)
     for n in tl.static_range(NK):
         a_w = tl.load(g + num_sigmoid + n).to(ACC)
-        acc += a_w * tl.load(bank + n * kernel_size + offsets, mask=mask,
+        acc += a_w * tl.load(bank + n * bank_stride + offsets, mask=mask,
                              other=0).to(ACC)
     return acc
 
 
 @triton.jit
-def _single_kernel(bank, offsets, mask, NK: tl.constexpr, BO: tl.constexpr,
+def _single_weight(bank, offsets, mask, NK: tl.constexpr, BO: tl.constexpr,
                    BC: tl.constexpr, BT: tl.constexpr, ACC: tl.constexpr):
-    """The bank's kernel at a tile if it has one (loaded once for all
+    """The bank's one weight at a tile if it has one (loaded once for all
     samples); zeros otherwise."""
     if NK == 1:
         single = tl.load(bank + offsets, mask=mask, other=0).to(ACC)
@@ -164,12 +164,12 @@ def _sample_factors(gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI,
                     HAS_FILTER: tl.constexpr, HAS_SPATIAL: tl.constexpr,
                     BO: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
                     ACC: tl.constexpr):
-    """Sample b's mixed kernel at a tile (``single``, the bank's one kernel
+    """Sample b's mixed weight at a tile (``single``, the bank's one weight
     loaded once, when NK == 1) and its channel, filter and spatial
     attentions."""
     g = gates + b * J
     if NK > 1:
-        mixed = _mixed_kernel(bank, g, offsets, mask, CO * CI * KK,
+        mixed = _mixed_weight(bank, g, offsets, mask, CO * CI * KK,
                               NC + NF + NS, NK, ACC, BO, BC, BT)
     else:
         mixed = single
@@ -184,11 +184,11 @@ def fold_fwd(gates, bank, out, B, CO, CI, KK, J, NC, NF, NS,
              HAS_FILTER: tl.constexpr, HAS_SPATIAL: tl.constexpr,
              BO: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
              ACC: tl.constexpr):
-    """Per-sample kernels ``a_f a_c a_s sum_n a_w W_n`` (Eq. 2). Grid
+    """Per-sample weights ``a_f a_c a_s sum_n a_w W_n`` (Eq. 2). Grid
     (cdiv(CO, BO), cdiv(CI, BC))."""
     o, c, t, offsets, mask = fold_tile(tl.program_id(0), tl.program_id(1),
                                        CO, CI, KK, BO, BC, BT)
-    single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)
+    single = _single_weight(bank, offsets, mask, NK, BO, BC, BT, ACC)
     for b in range(B):
         mixed, a_c, a_f, a_s = _sample_factors(
             gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI, KK, NC,
@@ -221,16 +221,16 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
     tile = po * n_col_tiles + pc
     n_tiles = n_row_tiles * n_col_tiles
     o, c, t, offsets, mask = fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
-    kernel_size = CO * CI * KK
+    bank_stride = CO * CI * KK
     num_sigmoid = NC + NF + NS
-    single = _single_kernel(bank, offsets, mask, NK, BO, BC, BT, ACC)
+    single = _single_weight(bank, offsets, mask, NK, BO, BC, BT, ACC)
     if NK == 1:
         grad_bank_acc = tl.zeros([BO, BC, BT], ACC)
     for b in range(B):
         mixed, a_c, a_f, a_s = _sample_factors(
             gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI, KK, NC,
             NF, NS, NK, DEPTHWISE, HAS_FILTER, HAS_SPATIAL, BO, BC, BT, ACC)
-        dy = tl.load(grad + b * kernel_size + offsets, mask=mask,
+        dy = tl.load(grad + b * bank_stride + offsets, mask=mask,
                      other=0).to(ACC)
         dy_mixed = dy * mixed
         if DEPTHWISE:
@@ -250,7 +250,7 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
             grad_bank_acc += scaled
         else:
             for n in tl.static_range(NK):
-                w_n = tl.load(bank + n * kernel_size + offsets, mask=mask,
+                w_n = tl.load(bank + n * bank_stride + offsets, mask=mask,
                               other=0).to(ACC)
                 tl.store(part_w + (b * n_tiles + tile) * NK + n,
                          tl.sum(tl.sum(tl.sum(scaled * w_n, axis=2), axis=1),
@@ -266,10 +266,10 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
                                         DEPTHWISE, HAS_FILTER, HAS_SPATIAL,
                                         ACC)
                 a_w = tl.load(g + num_sigmoid + n).to(ACC)
-                dy = tl.load(grad + b * kernel_size + offsets, mask=mask,
+                dy = tl.load(grad + b * bank_stride + offsets, mask=mask,
                              other=0).to(ACC)
                 acc += dy * (a_w * a_f * a_c * a_s)
-            tl.store(grad_bank + n * kernel_size + offsets, acc, mask=mask)
+            tl.store(grad_bank + n * bank_stride + offsets, acc, mask=mask)
 
 
 @triton.jit

@@ -1,12 +1,12 @@
-"""Triton kernels of DCD's fused folded kernels, forward and backward (see
-:mod:`mmdyn.layers.dcd_fused`, which launches them).
+"""Triton kernels of DCD's fused per-sample weights, forward and backward
+(see :mod:`mmdyn.ops.dcd_weights`, which launches them).
 
 Shapes, B the batch: ``pooled`` (B, C) sums of the input over H and W;
 ``squeezed`` (B, S) the first product of the dynamic branch; ``phi`` (B, L,
 L) and ``scale`` (B, CO): Phi(x) and Lambda(x); ``mixing`` (B, CO, L):
 ``M = P (diag(a2) Phi + I)``, and ``mixing_a1`` (B, L, CO): ``M diag(a1)``
-transposed; P (CO, L), Q (L, CI); the static kernel ``W0`` (CO, CI, KK) and the
-per-sample kernels (B, CO, CI, KK). The BatchNorms ``bn1`` and ``bn2`` are
+transposed; P (CO, L), Q (L, CI); the static weight ``W0`` (CO, CI, KK) and the
+per-sample weights (B, CO, CI, KK). The BatchNorms ``bn1`` and ``bn2`` are
 affine maps ``a * v + c`` of their running statistics, computed here from
 their parameters. Accumulation is in ``ACC`` (float32, or float64 for
 float64 inputs).
@@ -164,7 +164,7 @@ def fold_fwd(phi, scale, p, q, w0, mean1, var1, w1, b1, eps1, mean2, var2, w2,
              SAVE: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr,
              BT: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr):
     """Eq. 4 of the DCD paper with the BatchNorms as affine maps: per-sample
-    kernels ``Lambda W0`` plus ``M diag(a1) Q^T`` at the centre tap
+    weights ``Lambda W0`` plus ``M diag(a1) Q^T`` at the centre tap
     ``CENTRE``, where ``M = P + P diag(a2) Phi``, and biases ``M c1 + P c2
     (+ bias)``. Each program computes the rows of M of its output channels
     (L <= BL: a small product, cheaper than a kernel of its own); those of
@@ -188,9 +188,9 @@ def fold_fwd(phi, scale, p, q, w0, mean1, var1, w1, b1, eps1, mean2, var2, w2,
         rows_a1 = rows * a1[None, :]
         residual = matmul(rows_a1, q_tile, ACC)
         lam = tl.load(scale + b * CO + o, mask=o_in, other=0).to(ACC)
-        kernel = lam[:, None, None] * static + tl.where(
+        weight = lam[:, None, None] * static + tl.where(
             centre, residual[:, :, None], 0.0)
-        tl.store(out + b * CO * CI * KK + offsets, kernel, mask=mask)
+        tl.store(out + b * CO * CI * KK + offsets, weight, mask=mask)
         if first_column:
             tl.store(bias_out + b * CO + o,
                      tl.sum(rows * c1[None, :], axis=1) + static_bias,
@@ -203,7 +203,7 @@ def fold_fwd(phi, scale, p, q, w0, mean1, var1, w1, b1, eps1, mean2, var2, w2,
 
 
 # ---------------------------------------------------------------- backward
-# With ``R`` the centre tap of the kernels' gradient (B, CO, CI) and ``gb``
+# With ``R`` the centre tap of the weights' gradient (B, CO, CI) and ``gb``
 # that of the biases (B, CO): ``grad M = a1 (R Q^T) + gb c1^T``; Q, W0 and
 # the heads' weights sum over the batch, P and the BatchNorms also over the
 # output channels. Each sum over tiles goes through a partial per tile,
@@ -215,7 +215,7 @@ def fold_bwd(grad_w, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
              part_q, B, CO, CI, KK, L, CENTRE, BO: tl.constexpr,
              BC: tl.constexpr, BT: tl.constexpr, BL: tl.constexpr,
              ACC: tl.constexpr):
-    """From the kernels' gradient, per (BO, BC, BT) tile: ``grad W0`` (the
+    """From the weights' gradient, per (BO, BC, BT) tile: ``grad W0`` (the
     sum over samples of ``Lambda * grad``); the tile's share of ``grad
     Lambda`` (``part_lam`` (B, CT, CO)), of ``R Q^T`` (``part_m`` (B, CT,
     L, CO)) and of ``grad Q = diag(a1) M^T R`` (``part_q`` (B, RT, L,

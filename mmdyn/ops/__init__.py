@@ -1,0 +1,17 @@
+"""Fused computations that stand in for parts of the layers' forward and
+backward (Triton kernels inside autograd Functions), and the one dispatch
+that decides where they may run (:mod:`mmdyn.ops.dispatch`).
+
+Each op is a module with ``applies(layer, x)`` and the computation itself:
+:mod:`.odconv_weights` (ODConv's attentions and per-sample weights) and
+:mod:`.dcd_weights` (DCD's per-sample weights and biases). The layers in
+:mod:`mmdyn.layers` call them; their own PyTorch operations compute the
+same, and the tests hold both to the papers' reference formulation.
+"""
+from .dispatch import (MODES, fused_ops, fused_ops_mode, may_fuse,
+                       set_fused_ops, tracing_or_compiling)
+
+__all__ = [
+    'MODES', 'fused_ops', 'fused_ops_mode', 'set_fused_ops', 'may_fuse',
+    'tracing_or_compiling'
+]

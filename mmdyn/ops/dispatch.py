@@ -1,0 +1,114 @@
+"""Whether a fused op may stand in for part of a layer's forward: the one
+place that decides it.
+
+A fused op (:mod:`mmdyn.ops.odconv_weights`, :mod:`mmdyn.ops.dcd_weights`)
+computes with a few Triton kernels what the layer's PyTorch operations
+compute, forward and backward. It may run only where it computes the same:
+
+- the process allows fused ops (:func:`set_fused_ops`; ``'auto'`` unless
+  the environment variable ``MMDYN_FUSED_OPS`` says otherwise);
+- Triton is installed, and the input is on a CUDA device (or, in mode
+  ``'always'``, on a CPU with Triton's interpreter, ``TRITON_INTERPRET=1``:
+  how the tests run the kernels without a GPU);
+- the input and the parameters the op reads are float32 or float64, the
+  input is not empty, and autocast is off (the kernels compute in the
+  input's precision);
+- no ``torch.compile``, ``torch.jit`` tracing or scripting is running (they
+  trace the layer's own operations);
+- no hooks are registered on the modules the op stands in for, nor global
+  module hooks (the op does not call those modules, so their hooks would
+  not run).
+
+Each op adds what its kernels need of the layer (e.g. BatchNorms with
+running statistics) in its own ``applies`` function, and calls
+:func:`may_fuse` for the rest. The CUDA-graph runtime
+(:mod:`mmdyn.runtime`) keys its graphs on :func:`fused_ops_mode`, so a graph
+never replays a path that the dispatch would no longer choose.
+"""
+import contextlib
+import os
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._compat import has_hooks
+from .triton_utils import interpreting, triton_installed
+
+#: the modes of :func:`set_fused_ops`
+MODES = ('auto', 'off', 'always')
+#: environment variable with the mode a process starts in
+ENV_VAR = 'MMDYN_FUSED_OPS'
+
+
+def _check_mode(mode: str, source: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f'{source} must be one of {MODES} (auto: fused ops '
+                         "on CUDA where Triton is installed; off: never; "
+                         'always: also in Triton\'s CPU interpreter), got '
+                         f'{mode!r}')
+    return mode
+
+
+_mode = _check_mode(os.environ.get(ENV_VAR, 'auto'), ENV_VAR)
+
+
+def fused_ops_mode() -> str:
+    """The process's mode: ``'auto'``, ``'off'`` or ``'always'``."""
+    return _mode
+
+
+def set_fused_ops(mode: str) -> None:
+    """Set the process's mode: ``'auto'`` (the default): fused ops on CUDA
+    where Triton is installed; ``'off'``: the layers' PyTorch operations
+    everywhere (e.g. to rule the fused ops out when looking for a
+    problem); ``'always'``: also on a CPU through Triton's interpreter
+    (``TRITON_INTERPRET=1``), and an error where Triton is missing."""
+    global _mode
+    _mode = _check_mode(mode, 'set_fused_ops: mode')
+
+
+@contextlib.contextmanager
+def fused_ops(mode: str) -> Iterator[None]:
+    """:func:`set_fused_ops` for the ``with`` block only."""
+    previous = fused_ops_mode()
+    set_fused_ops(mode)
+    try:
+        yield
+    finally:
+        set_fused_ops(previous)
+
+
+def tracing_or_compiling() -> bool:
+    """Whether ``torch.compile``, ``torch.jit`` tracing or scripting is
+    running: they trace the operations a module runs, so nothing may stand
+    in for them (neither a fused op nor a CUDA graph)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.jit.is_scripting())
+
+
+def may_fuse(x: Tensor, tensors: Sequence[Optional[Tensor]],
+             stands_in_for: Sequence[nn.Module]) -> bool:
+    """Whether a fused op may compute, for input ``x``, what the modules
+    ``stands_in_for`` compute, reading ``tensors`` (parameters and
+    buffers; None where absent). See the module's docstring for the
+    conditions."""
+    if _mode == 'off':
+        return False
+    if not triton_installed():
+        if _mode == 'always':
+            raise RuntimeError(
+                f"mmdyn fused ops: mode 'always' ({ENV_VAR} or "
+                "set_fused_ops) but Triton is not installed: pip install "
+                "triton, or use mode 'auto'")
+        return False
+    if not (x.is_cuda or (_mode == 'always' and x.device.type == 'cpu'
+                          and interpreting())):
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+        return False
+    if any(t is not None and t.dtype != x.dtype for t in tensors):
+        return False
+    if torch.is_autocast_enabled(x.device.type) or tracing_or_compiling():
+        return False
+    return not has_hooks(stands_in_for)
