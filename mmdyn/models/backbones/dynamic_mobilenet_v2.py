@@ -1,114 +1,90 @@
 """MobileNetV2 backbones whose convolutions are dynamic."""
 from typing import Optional, Sequence, Union
 
-import torch.utils.checkpoint as cp
-from mmcv.cnn import ConvModule
-from mmdet.models.utils import make_divisible
-from mmengine.model import BaseModule
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from mmcv.cnn import build_conv_layer
+from mmdet.models.backbones import MobileNetV2
+from mmdet.models.layers import InvertedResidual
+from torch import nn
 
 from ...registry import register_model
-from .conv_module import DynamicConvModule
 from .pretrained import CheckedPretrainedMixin
-from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
-                    setup_triton_kernels)
+from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 #: the convs of an inverted residual block, and the last 1x1 conv
 ROLES = ('expand', 'depthwise', 'project', 'last')
 
 
-class DynamicInvertedResidual(BaseModule):
-    """Inverted residual block whose three convs each have their own config.
+def make_dynamic(conv_module: nn.Module, conv_cfg: Optional[dict]) -> None:
+    """Rebuild the conv of mmcv's ``ConvModule`` ``conv_module`` from
+    ``conv_cfg`` with the same geometry (None: leave it static)."""
+    if conv_cfg is None:
+        return
+    conv = conv_module.conv
+    conv_module.conv = build_conv_layer(
+        conv_cfg, conv.in_channels, conv.out_channels, conv.kernel_size,
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        groups=conv.groups, bias=conv.bias is not None)
 
-    Its ConvModules (:class:`DynamicConvModule`, which hand a dynamic
-    conv's per-sample bias to the norm) are named as in MMDetection's
-    InvertedResidual:
-    ``expand_conv`` (1x1, absent when ``expand_ratio`` is 1),
-    ``depthwise_conv`` (3x3) and ``linear_conv`` (1x1, no activation).
+
+class DynamicInvertedResidual(InvertedResidual):
+    """MMDetection's ``InvertedResidual`` (the same ConvModules and names:
+    ``expand_conv``, ``depthwise_conv``, ``linear_conv``) whose three convs
+    each have their own config, as DCD's MobileNetV2 needs (dynamic 1x1
+    convs, static depthwise ones).
 
     Args:
-        conv_cfgs (dict): Conv config per role ('expand', 'depthwise',
-            'project'); None is a static ``nn.Conv2d``.
+        conv_cfgs (dict): Conv config per role (``'expand'``,
+            ``'depthwise'``, ``'project'``); None keeps a static conv.
+        Others: as ``InvertedResidual``.
     """
 
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 stride: int,
-                 expand_ratio: int,
-                 conv_cfgs: dict,
-                 norm_cfg: dict,
-                 act_cfg: dict,
-                 with_cp: bool = False,
-                 init_cfg=None) -> None:
-        super().__init__(init_cfg)
-        mid_channels = int(round(in_channels * expand_ratio))
-        self.with_res_shortcut = stride == 1 and in_channels == out_channels
-        self.with_cp = with_cp
-        self.with_expand_conv = expand_ratio != 1
-        common = dict(norm_cfg=norm_cfg, act_cfg=act_cfg)
-        if self.with_expand_conv:
-            self.expand_conv = DynamicConvModule(
-                in_channels, mid_channels, 1, conv_cfg=conv_cfgs['expand'],
-                **common)
-        self.depthwise_conv = DynamicConvModule(
-            mid_channels, mid_channels, 3, stride=stride, padding=1,
-            groups=mid_channels, conv_cfg=conv_cfgs['depthwise'], **common)
-        self.linear_conv = DynamicConvModule(
-            mid_channels, out_channels, 1, conv_cfg=conv_cfgs['project'],
-            norm_cfg=norm_cfg, act_cfg=None)
-
-    def forward(self, x: Tensor) -> Tensor:
-
-        def _inner_forward(x):
-            out = self.expand_conv(x) if self.with_expand_conv else x
-            out = self.linear_conv(self.depthwise_conv(out))
-            return x + out if self.with_res_shortcut else out
-
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(_inner_forward, x, use_reentrant=False)
-        return _inner_forward(x)
+    def __init__(self, in_channels: int, out_channels: int,
+                 mid_channels: int, stride: int, with_expand_conv: bool,
+                 conv_cfgs: dict, norm_cfg: dict, act_cfg: dict,
+                 with_cp: bool = False) -> None:
+        super().__init__(in_channels, out_channels, mid_channels,
+                         stride=stride, with_expand_conv=with_expand_conv,
+                         norm_cfg=norm_cfg, act_cfg=act_cfg, with_cp=with_cp)
+        if with_expand_conv:
+            make_dynamic(self.expand_conv, conv_cfgs['expand'])
+        make_dynamic(self.depthwise_conv, conv_cfgs['depthwise'])
+        make_dynamic(self.linear_conv, conv_cfgs['project'])
 
 
-class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
-    """MobileNetV2 with dynamic convolutions, laid out as MMDetection's
-    ``MobileNetV2`` (``conv1`` stem, ``layer1``..``layer7``, ``conv2``) with
-    its arguments and stage indices: the default ``out_indices=(1, 2, 4,
-    7)`` gives 24, 32, 96 and 1280 channels (1.0x) at strides 4, 8, 16 and
-    32, the FPN inputs of the papers' detectors.
+@register_model
+class DynamicMobileNetV2(CheckedPretrainedMixin, MobileNetV2):
+    """MMDetection's MobileNetV2 (the same layers, names, arguments and
+    stage indices: ``conv1`` stem, ``layer1``..``layer7``, ``conv2``) with
+    dynamic convolutions. The default ``out_indices=(1, 2, 4, 7)`` gives 24,
+    32, 96 and 1280 channels (1.0x) at strides 4, 8, 16 and 32, the FPN
+    inputs of the papers' detectors.
 
-    Subclasses choose which convs are dynamic in :meth:`conv_cfg_for`. The
-    stem conv is always static.
+    Subclasses choose which convs are dynamic in :meth:`conv_cfg_for`
+    (default: every conv but the stem). Without ``dynamic_conv_cfg`` it is
+    MMDetection's MobileNetV2 with the options below.
 
     Args:
+        dynamic_conv_cfg (dict, optional): Config of the dynamic conv; the
+            backbone's ``norm_cfg`` is passed on to layers whose attention
+            has a norm. None: static convs.
         widen_factor (float): Width multiplier (1.0, 0.75, 0.5, ...).
         out_indices (Sequence[int]): Outputs of these stages (0-6 the seven
             block stages, 7 the last 1x1 conv).
         frozen_stages (int): -1 freezes nothing; N >= 0 freezes the stem and
             stages 1..N, attention branches included.
-        dynamic_conv_cfg (dict): Config of the dynamic conv.
         temperature (float): Temperature of every dynamic conv. Default: 1.0.
-        norm_cfg (dict): Norm of the backbone, also passed to attention
-            branches that have one. Default: ``dict(type='BN')``.
+        norm_cfg (dict): Norm of the backbone. Default: ``dict(type='BN')``.
         act_cfg (dict): Activation. Default: ``dict(type='ReLU6')``.
         norm_eval (bool): Keep every BatchNorm (attention branches
             included) in eval mode while training. Default: False.
         with_cp (bool): Gradient checkpointing of the blocks.
         cuda_graph (bool | dict): Replay CUDA graphs, as in
             :class:`DynamicResNet`. Default: False.
-        triton_kernels (bool, optional): Fused Triton kernels, as in
-            :class:`DynamicResNet`. Default: None.
         init_cfg (dict | list[dict], optional): Initialisation config.
     """
 
-    # expand_ratio, channels, num_blocks, stride of the seven stages
-    arch_settings = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2],
-                     [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
-                     [6, 320, 1, 1]]
-
     def __init__(self,
-                 dynamic_conv_cfg: dict,
+                 dynamic_conv_cfg: Optional[dict] = None,
                  widen_factor: float = 1.0,
                  out_indices: Sequence[int] = (1, 2, 4, 7),
                  frozen_stages: int = -1,
@@ -118,9 +94,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  cuda_graph: Union[bool, dict] = False,
-                 triton_kernels: Optional[bool] = None,
                  init_cfg=None) -> None:
-        super().__init__(init_cfg)
         name = type(self).__name__
         if not isinstance(widen_factor, (int, float)) or widen_factor <= 0:
             raise ValueError(f'{name}: widen_factor must be a number > 0, '
@@ -134,51 +108,48 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
                              f'{num_stages - 1}, got {frozen_stages!r}')
         norm_cfg = dict(type='BN') if norm_cfg is None else norm_cfg
         act_cfg = dict(type='ReLU6') if act_cfg is None else act_cfg
-        self.widen_factor = widen_factor
-        self.out_indices = tuple(out_indices)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-        self.dynamic_conv_cfg = backbone_conv_cfg(dynamic_conv_cfg,
-                                                  temperature, norm_cfg)
-
-        in_channels = make_divisible(32 * widen_factor, 8)
-        self.conv1 = ConvModule(3, in_channels, 3, stride=2, padding=1,
-                                norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.dynamic_conv_cfg = None if dynamic_conv_cfg is None else \
+            backbone_conv_cfg(dynamic_conv_cfg, temperature, norm_cfg)
         self.num_blocks = sum(n for _, _, n, _ in self.arch_settings)
-        self.layers = []
-        index = 0
-        for stage, (ratio, channels, num, stride) in enumerate(
-                self.arch_settings):
-            out_channels = make_divisible(channels * widen_factor, 8)
-            blocks = []
-            for i in range(num):
-                mid = int(round(in_channels * ratio))
-                cfgs = {
-                    role: self.conv_cfg_for(role, index, in_ch, out_ch)
-                    for role, in_ch, out_ch in (
-                        ('expand', in_channels, mid),
-                        ('depthwise', mid, mid),
-                        ('project', mid, out_channels))
-                }
-                blocks.append(
-                    DynamicInvertedResidual(
-                        in_channels, out_channels, stride if i == 0 else 1,
-                        ratio, cfgs, norm_cfg, act_cfg, with_cp))
-                in_channels = out_channels
-                index += 1
-            self.add_module(f'layer{stage + 1}', nn.Sequential(*blocks))
-            self.layers.append(f'layer{stage + 1}')
-        self.out_channel = make_divisible(1280 * widen_factor, 8) \
-            if widen_factor > 1.0 else 1280
-        self.conv2 = DynamicConvModule(
-            in_channels, self.out_channel, 1,
-            conv_cfg=self.conv_cfg_for('last', self.num_blocks, in_channels,
-                                       self.out_channel),
-            norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.layers.append('conv2')
-        setup_triton_kernels(self, triton_kernels)
+        self._blocks_built = 0
+        super().__init__(widen_factor, out_indices, frozen_stages,
+                         norm_cfg=norm_cfg, act_cfg=act_cfg,
+                         norm_eval=norm_eval, with_cp=with_cp,
+                         init_cfg=init_cfg)
+        make_dynamic(self.conv2,
+                     self._conv_cfg('last', self.num_blocks,
+                                    self.conv2.conv.in_channels,
+                                    self.conv2.conv.out_channels))
         setup_cuda_graph(self, cuda_graph)
+
+    def make_layer(self, out_channels: int, num_blocks: int, stride: int,
+                   expand_ratio: int) -> nn.Sequential:
+        """As MMDetection's, with each block's convs from
+        :meth:`conv_cfg_for`."""
+        blocks = []
+        for i in range(num_blocks):
+            mid = int(round(self.in_channels * expand_ratio))
+            index = self._blocks_built
+            cfgs = {role: self._conv_cfg(role, index, in_ch, out_ch)
+                    for role, in_ch, out_ch in (
+                        ('expand', self.in_channels, mid),
+                        ('depthwise', mid, mid),
+                        ('project', mid, out_channels))}
+            blocks.append(DynamicInvertedResidual(
+                self.in_channels, out_channels, mid,
+                stride=stride if i == 0 else 1,
+                with_expand_conv=expand_ratio != 1, conv_cfgs=cfgs,
+                norm_cfg=self.norm_cfg, act_cfg=self.act_cfg,
+                with_cp=self.with_cp))
+            self.in_channels = out_channels
+            self._blocks_built += 1
+        return nn.Sequential(*blocks)
+
+    def _conv_cfg(self, role, block_index, in_channels, out_channels):
+        if self.dynamic_conv_cfg is None:
+            return None
+        return self.conv_cfg_for(role, block_index, in_channels,
+                                 out_channels)
 
     def conv_cfg_for(self, role: str, block_index: int, in_channels: int,
                      out_channels: int) -> Optional[dict]:
@@ -187,31 +158,9 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, BaseModule):
         keeps it static. Default: every conv dynamic."""
         return self.dynamic_conv_cfg
 
-    def _freeze_stages(self) -> None:
-        for index in range(self.frozen_stages + 1):
-            module = self.conv1 if index == 0 else getattr(
-                self, f'layer{index}')
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def forward(self, x: Tensor) -> tuple:
-        x = self.conv1(x)
-        outs = []
-        for i, layer_name in enumerate(self.layers):
-            x = getattr(self, layer_name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
-
     def train(self, mode: bool = True):
         super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
+        return self  # mmdet's MobileNetV2.train returns None, nn.Module self
 
 
 @register_model

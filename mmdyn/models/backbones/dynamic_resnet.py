@@ -7,17 +7,13 @@ from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .pretrained import CheckedPretrainedMixin
-from .resnet_blocks import DYNAMIC_BLOCKS, run_blocks
-from .utils import (backbone_conv_cfg, check_stage_indices, setup_cuda_graph,
-                    setup_triton_kernels)
+from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 
 class _BlockFactory:
     """Stands in for a block class in mmdet's ``ResLayer``: builds the i-th
-    block with the dynamic conv config if ``dynamic[i]`` (as the block that
-    hands its convs' per-sample biases to its norms,
-    :mod:`.resnet_blocks`), else with the static one that ``ResLayer`` also
-    gives the downsample shortcut."""
+    block with the dynamic conv config if ``dynamic[i]``, else with the
+    static one that ``ResLayer`` also gives the downsample shortcut."""
 
     def __init__(self, block, dynamic, dynamic_conv_cfg):
         self.block = block
@@ -28,12 +24,16 @@ class _BlockFactory:
     def __call__(self, **kwargs):
         if self.dynamic.pop(0):
             kwargs['conv_cfg'] = self.dynamic_conv_cfg
-            return DYNAMIC_BLOCKS.get(self.block, self.block)(**kwargs)
         return self.block(**kwargs)
 
 
+@register_model
 class DynamicResNet(CheckedPretrainedMixin, ResNet):
-    """MMDetection's ResNet with dynamic convolutions in its residual blocks.
+    """MMDetection's ResNet with dynamic convolutions in its residual blocks:
+    the same layers, names and arguments, with each block's convs built
+    from ``dynamic_conv_cfg``. Without one it is MMDetection's ResNet with
+    the options below (e.g. the static baseline with CUDA graphs:
+    ``dict(type='DynamicResNet', depth=50, cuda_graph=True)``).
 
     The stem conv and the downsample shortcuts stay static, as in the papers.
     Every argument of :class:`mmdet.models.backbones.ResNet` works as there
@@ -44,9 +44,10 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
     config of the static convs.
 
     Args:
-        dynamic_conv_cfg (dict): Config of the dynamic conv of the blocks,
-            e.g. ``dict(type='ODConv2d', kernel_num=4)``; the backbone's
-            ``norm_cfg`` is passed on to layers whose attention has a norm.
+        dynamic_conv_cfg (dict, optional): Config of the dynamic conv of the
+            blocks, e.g. ``dict(type='ODConv2d', kernel_num=4)``; the
+            backbone's ``norm_cfg`` is passed on to layers whose attention
+            has a norm. None: static blocks.
         num_dynamic_blocks (int, optional): Only the last this many residual
             blocks are dynamic (CondConv's placement). Default: all.
         dynamic_shortcut (bool): Make the 1x1 downsample shortcuts dynamic
@@ -54,26 +55,19 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
         temperature (float): Temperature of every dynamic conv. Default: 1.0
             (annealing off, as for detection fine-tuning).
         cuda_graph (bool | dict): Replay CUDA graphs of forward and backward
-            instead of launching each kernel (True, or a dict of
-            :class:`mmdyn.models.CUDAGraphForward` arguments, e.g.
+            instead of launching each GPU kernel (True, or a dict of
+            :class:`mmdyn.runtime.CUDAGraphForward` arguments, e.g.
             ``dict(size_divisor=128)``); not with ``with_cp``. Default:
             False.
-        triton_kernels (bool, optional): Fused Triton kernels in the
-            dynamic convs (ODConv and DCD): None uses the layers'
-            default (on CUDA where they apply), False turns them off, True
-            also allows Triton's CPU interpreter (see
-            :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`). Default:
-            None.
     """
 
     def __init__(self,
                  depth: int,
-                 dynamic_conv_cfg: dict,
+                 dynamic_conv_cfg: Optional[dict] = None,
                  num_dynamic_blocks: Optional[int] = None,
                  dynamic_shortcut: bool = False,
                  temperature: float = 1.0,
                  cuda_graph: Union[bool, dict] = False,
-                 triton_kernels: Optional[bool] = None,
                  **kwargs) -> None:
         name = type(self).__name__
         if depth not in self.arch_settings:
@@ -87,36 +81,24 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
                              f'{num_dynamic_blocks!r}')
         check_stage_indices(name, kwargs, num_stages=kwargs.get(
             'num_stages', 4))
-        self.dynamic_conv_cfg = backbone_conv_cfg(
-            dynamic_conv_cfg, temperature,
-            kwargs.get('norm_cfg', dict(type='BN', requires_grad=True)))
+        self.dynamic_conv_cfg = None if dynamic_conv_cfg is None else \
+            backbone_conv_cfg(dynamic_conv_cfg, temperature,
+                              kwargs.get('norm_cfg',
+                                         dict(type='BN', requires_grad=True)))
         self.num_dynamic_blocks = num_dynamic_blocks
         self.dynamic_shortcut = dynamic_shortcut
         super().__init__(depth, **kwargs)
-        setup_triton_kernels(self, triton_kernels)
         setup_cuda_graph(self, cuda_graph)
 
     def block_is_dynamic(self, index: int) -> bool:
         """Whether the residual block at ``index`` (counted over all stages)
         is dynamic."""
         total = sum(self.stage_blocks)
+        if self.dynamic_conv_cfg is None:
+            return False
         if self.num_dynamic_blocks is None:
             return True
         return index >= total - self.num_dynamic_blocks
-
-    def forward(self, x):
-        """As mmdet's ``ResNet.forward``; the residual blocks run through
-        :func:`.resnet_blocks.run_blocks`, where each hands the sums of
-        its output to the next one's first conv."""
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
-        x = self.maxpool(x)
-        outs = run_blocks((getattr(self, name) for name in self.res_layers),
-                          x)
-        return tuple(out for i, out in enumerate(outs)
-                     if i in self.out_indices)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -129,7 +111,7 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
             kwargs['block'],
             [self.block_is_dynamic(first + i)
              for i in range(kwargs['num_blocks'])], self.dynamic_conv_cfg)
-        if self.dynamic_shortcut:
+        if self.dynamic_shortcut and self.dynamic_conv_cfg is not None:
             # ResLayer builds the downsample shortcut with this config
             kwargs['conv_cfg'] = self.dynamic_conv_cfg
         return ResLayer(**kwargs)

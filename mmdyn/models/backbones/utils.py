@@ -1,10 +1,10 @@
 """Helpers shared by the dynamic backbones."""
 import inspect
-from typing import Optional, Union
+from typing import Union
 
 from torch import nn
 
-from ..cuda_graph import CUDAGraphForward, enable_cuda_graph
+from ...runtime import CUDAGraphForward, enable_cuda_graph
 
 #: dynamic conv types whose attention branch has a norm layer
 _NORMED_TYPES = ('ODConv2d', 'DCDConv2d')
@@ -46,7 +46,7 @@ _CUDA_GRAPH_KEYS = tuple(
 def setup_cuda_graph(backbone: nn.Module, cuda_graph: Union[bool,
                                                             dict]) -> None:
     """Apply a backbone's ``cuda_graph`` argument: False (or None) leaves
-    it eager, True or a dict of :class:`mmdyn.models.CUDAGraphForward`
+    it eager, True or a dict of :class:`mmdyn.runtime.CUDAGraphForward`
     arguments makes it replay CUDA graphs."""
     name = type(backbone).__name__
     if cuda_graph is None or cuda_graph is False:
@@ -62,19 +62,3 @@ def setup_cuda_graph(backbone: nn.Module, cuda_graph: Union[bool,
         raise ValueError(f'{name}: cuda_graph has unknown keys {unknown}; '
                          f'it takes {_CUDA_GRAPH_KEYS}')
     enable_cuda_graph(backbone, **cuda_graph)
-
-
-def setup_triton_kernels(backbone: nn.Module,
-                         triton_kernels: Optional[bool]) -> None:
-    """Apply a backbone's ``triton_kernels`` argument to its dynamic convs:
-    None leaves them as their class says (by default: fused Triton kernels
-    on CUDA where they apply), True or False sets every layer's
-    :attr:`mmdyn.layers.DynamicConv2d.triton_kernels`."""
-    from ...layers import DynamicConv2d
-    from ...layers.triton_support import check_triton_kernels
-    check_triton_kernels(type(backbone).__name__, triton_kernels)
-    if triton_kernels is None:
-        return
-    for module in backbone.modules():
-        if isinstance(module, DynamicConv2d):
-            module.triton_kernels = triton_kernels

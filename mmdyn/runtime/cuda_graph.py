@@ -1,20 +1,21 @@
 """CUDA graphs for a module's forward and backward, one per input shape.
 
-A dynamic backbone launches several times more, and smaller, kernels than a
-static one (each layer's attention branch and its gradient); at detection's
-two images per GPU most of its time is spent launching them from Python.
-:func:`enable_cuda_graph` captures the module's forward (and, when training,
-its backward) once per input shape and then replays the captured kernels:
-the results are those of the module run eagerly, the launch cost is gone.
+A dynamic backbone launches several times more, and smaller, GPU kernels
+than a static one (each layer's attention branch and its gradient); at
+detection's two images per GPU most of its time is spent launching them
+from Python. :func:`enable_cuda_graph` captures the module's forward (and,
+when training, its backward) once per input shape and then replays the
+captured kernels: the results are those of the module run eagerly, the
+launch cost is gone.
 
 How the memory stays small however many shapes are captured:
 
 * every capture allocates from one private memory pool, and keeps nothing of
   it alive afterwards: outputs are copied into a static buffer outside the
   pool, parameter gradients into static buffers that every graph shares
-  (:class:`mmdyn.models.graph_grads.GradBlock`). The next
-  capture reuses the same pool memory, so the pool holds about one eager
-  forward and backward, not one per shape;
+  (:class:`mmdyn.runtime.grad_block.GradBlock`). The next capture reuses
+  the same pool memory, so the pool holds about one eager forward and
+  backward, not one per shape;
 * replaying a graph then overwrites what another graph left in the pool,
   which is safe because only one graph is in use at a time: a second call
   while a training replay still waits for its backward runs eagerly.
@@ -27,6 +28,15 @@ with zeros, as MMDetection pads a batch), so that nearby shapes share a
 graph; the outputs are cropped back to what the unpadded input gives. The
 padding changes the numbers slightly (dynamic layers pool over the whole
 padded image), so it is off by default.
+
+A graph holds for one *state* of the module: what its forward reads besides
+the input, derived rather than listed (:meth:`CUDAGraphForward.state`):
+every submodule's train / eval mode, which parameters require grad, the
+Python values stored on mmdyn's dynamic layers (their temperature, and any
+setting added later), the fused-op mode of :mod:`mmdyn.ops.dispatch`, and
+the backend flags that choose GPU kernels. Python values kept on other
+modules (e.g. a BatchNorm's ``eps``) are not watched: after changing one,
+call :meth:`CUDAGraphForward.clear`.
 """
 import contextlib
 import gc
@@ -41,12 +51,17 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .graph_grads import GradBlock, distributed, have_grad_hooks
+from .._compat import foreach_copy_, global_hooks, module_hook_dicts
+from ..layers import BaseDynamicConv2d
+from ..ops.dispatch import fused_ops_mode, tracing_or_compiling
+from .grad_block import GradBlock
 
 Outputs = Union[Tensor, Tuple[Tensor, ...], List[Tensor]]
 
 #: ``capture_error_mode`` of the captures
 CAPTURE_ERROR_MODE = 'thread_local'
+#: the types of the Python values on a layer that key its graphs
+_PLAIN = (bool, int, float, str, tuple, type(None))
 
 
 def bucket_shape(height: int, width: int,
@@ -116,40 +131,37 @@ class _Arena:
 
 
 class _Structure:
-    """A module's submodules and parameters, walked once: reading their
-    state from these lists on every call is fast, walking is not."""
+    """A module's submodules and parameters, walked once (at the first call
+    and at every train / eval switch): reading their state from these lists
+    on every call is fast, walking is not."""
 
     def __init__(self, root: nn.Module) -> None:
-        modules = [root]
-        for module in modules:  # grows while it is read
-            modules.extend(m for m in module._modules.values()
-                           if m is not None)
-        self.modules = modules
-        seen = set()
-        self.params = []
-        for module in modules:
-            for param in module._parameters.values():
-                if param is not None and id(param) not in seen:
-                    seen.add(id(param))
-                    self.params.append(param)
-        self.keyed = [m for m in modules
-                      if callable(getattr(type(m), 'cuda_graph_key', None))]
-        self.sync_batch_norms = [m for m in modules
+        self.modules = list(root.modules())
+        self.params = list(root.parameters())
+        self.dynamic_layers = [m for m in self.modules
+                               if isinstance(m, BaseDynamicConv2d)]
+        self.sync_batch_norms = [m for m in self.modules
                                  if isinstance(m, nn.SyncBatchNorm)]
         # registering a hook adds it to one of these dicts: looking at them
         # is several times faster than at the modules' attributes
-        self.hook_dicts = [
-            getattr(m, name) for m in modules
-            for name in ('_forward_hooks', '_forward_pre_hooks',
-                         '_backward_hooks', '_backward_pre_hooks')
-        ]
+        self.hook_dicts = [d for m in self.modules
+                           for d in module_hook_dicts(m)]
         self.last_flags = None
 
     def flags(self) -> tuple:
         return tuple([m.training for m in self.modules])
 
     def hooked(self) -> bool:
-        return any(self.hook_dicts)
+        return any(self.hook_dicts) or global_hooks()
+
+    def layer_values(self) -> tuple:
+        """The Python values stored on the dynamic layers (temperature and
+        whatever else their forward may read): a value that changes makes
+        a new state, whichever it is."""
+        return tuple([
+            tuple([v for v in vars(m).values() if type(v) in _PLAIN])
+            for m in self.dynamic_layers
+        ])
 
 
 class _PendingBackward:
@@ -235,10 +247,10 @@ class ShapeGraph:
             # are copied out right after the forward replay
             self.static_grad_outputs = self.static_outputs
             self.grad_block = owner.gradient_block()
-            self.param_grads = [self.grad_block.buffer(p)
-                                for p in self.params]
+            self.grad_buffers = [self.grad_block.buffer(p)
+                                 for p in self.params]
             targets = ([self.static_input_grad] if need_input_grad else
-                       []) + self.param_grads
+                       []) + self.grad_buffers
             self.backward_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.backward_graph, pool=owner.pool,
                                   capture_error_mode=CAPTURE_ERROR_MODE):
@@ -246,8 +258,8 @@ class ShapeGraph:
                 pairs = [(t, g) for t, g in zip(targets, grads)
                          if g is not None]
                 with torch.no_grad():  # a few kernels, not one per tensor
-                    torch._foreach_copy_([t for t, _ in pairs],
-                                         [g for _, g in pairs])
+                    foreach_copy_([t for t, _ in pairs],
+                                  [g for _, g in pairs])
             has_grad = [g is not None for g in grads]
             self.input_has_grad = need_input_grad and has_grad.pop(0)
             self.param_has_grad = has_grad
@@ -310,19 +322,18 @@ def _parameters_as_new_leaves(module: nn.Module) -> Iterator[dict]:
     would then synchronise with that stream, which breaks it."""
     leaves, swapped = {}, []
     for owner in module.modules():
-        for name, param in owner._parameters.items():
-            if param is not None:
-                if id(param) not in leaves:
-                    leaves[id(param)] = nn.Parameter(
-                        param.detach(), requires_grad=param.requires_grad)
-                swapped.append((owner, name, param))
+        for name, param in owner.named_parameters(recurse=False):
+            if id(param) not in leaves:
+                leaves[id(param)] = nn.Parameter(
+                    param.detach(), requires_grad=param.requires_grad)
+            swapped.append((owner, name, param))
     for owner, name, param in swapped:
-        owner._parameters[name] = leaves[id(param)]
+        setattr(owner, name, leaves[id(param)])
     try:
         yield leaves
     finally:
         for owner, name, param in swapped:
-            owner._parameters[name] = param
+            setattr(owner, name, param)
 
 
 def _region(size) -> tuple:
@@ -356,16 +367,12 @@ def _autocast_context(device: torch.device):
 
 class _Replay(torch.autograd.Function):
     """A training replay as one autograd node: forward replays the forward
-    graph, backward the backward graph.
-
-    Its inputs after ``x`` are the graph's parameters, whose gradients it
-    returns to autograd; or, when it writes them into ``.grad`` itself
-    (``owner`` given), the owner's anchor, which only makes the outputs
-    require grad (see :mod:`mmdyn.models.graph_grads`)."""
+    graph, backward the backward graph. Its inputs after ``x`` are the
+    graph's parameters, whose gradients it returns to autograd."""
 
     @staticmethod
-    def forward(ctx, graph, crops, token, owner, x, *params):
-        ctx.graph, ctx.crops, ctx.token, ctx.owner = graph, crops, token, owner
+    def forward(ctx, graph, crops, token, x, *params):
+        ctx.graph, ctx.crops, ctx.token = graph, crops, token
         ctx.size = tuple(x.shape[-2:])
         outputs = graph.replay_forward(x, crops)
         ctx.mark_non_differentiable(*(
@@ -376,19 +383,10 @@ class _Replay(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         ctx.token.done = True
-        graph, owner = ctx.graph, ctx.owner
+        graph = ctx.graph
         grad_input = graph.replay_backward(grads, ctx.crops, ctx.size)
-        head = (None, None, None, None, grad_input)
-        block = graph.grad_block
-        if owner is None:
-            return head + tuple(
-                block.gradients(graph.params, graph.param_has_grad))
-        # .grad is written by backward(), not by torch.autograd.grad (which
-        # only asks for the input's gradient here: the parameters are not
-        # inputs of this node) nor a backward(inputs=...) without them
-        if torch._C._will_engine_execute_node(owner.anchor_node):
-            block.into_grad(graph.params, graph.param_has_grad)
-        return head + (None, )
+        return (None, None, None, grad_input) + tuple(
+            graph.grad_block.gradients(graph.params, graph.param_has_grad))
 
 
 class CUDAGraphForward:
@@ -396,14 +394,11 @@ class CUDAGraphForward:
     replays a CUDA graph captured for the input's shape, or runs the module
     eagerly where a graph cannot stand in for it.
 
-    A graph is captured per (input shape rounded up to ``size_divisor``,
-    dtype, grad mode, autocast, module state); the module state covers
-    every submodule's train / eval mode, which parameters require grad,
-    where the parameters live (moving the module drops its graphs) and the
-    settings dynamic layers read in Python (``cuda_graph_key()``, e.g.
-    their temperature). The submodules themselves are looked at on the
-    first call and at every train / eval switch: after replacing one, call
-    :meth:`clear`.
+    A graph is captured per input shape (rounded up to ``size_divisor``),
+    dtype, grad mode, autocast and module :meth:`state`; moving the
+    module's parameters drops its graphs. The submodules themselves are
+    looked at on the first call and at every train / eval switch: after
+    replacing one, call :meth:`clear`.
 
     Eager calls, counted by reason in :attr:`stats`: inputs not on a CUDA
     device; under ``torch.compile``, tracing or another capture; a second
@@ -426,30 +421,13 @@ class CUDAGraphForward:
         warmup_iters (int): Eager runs before a capture (library
             initialisation and cuDNN's algorithm search happen there).
             Default: 2.
-        param_grads (str): How a training replay hands the parameters'
-            gradients over. ``'autograd'``: through autograd, as an eager
-            module's. ``'direct'``: its backward writes them into ``.grad``
-            itself, as autograd would (new, or added to what is there),
-            which saves autograd's work per parameter, milliseconds of CPU a
-            training step for a dynamic backbone's hundreds of parameters.
-            It does so in ``backward()`` only: the module's parameters are
-            not in the autograd graph, so ``torch.autograd.grad`` with
-            respect to them fails, and ``backward(inputs=...)`` naming them
-            leaves their ``.grad`` as it is. Where a process group is
-            initialised (DDP needs autograd's per-parameter hooks) or a
-            parameter has hooks, it goes through autograd instead.
-            Default: ``'autograd'``.
     """
-
-    #: the values of ``param_grads``
-    PARAM_GRADS = ('direct', 'autograd')
 
     def __init__(self,
                  module: nn.Module,
                  size_divisor: Optional[int] = None,
                  max_graphs: int = 64,
-                 warmup_iters: int = 2,
-                 param_grads: str = 'autograd') -> None:
+                 warmup_iters: int = 2) -> None:
         for name, value, minimum in (('max_graphs', max_graphs, 1),
                                      ('warmup_iters', warmup_iters, 1)):
             if not isinstance(value, int) or isinstance(value, bool) \
@@ -462,9 +440,6 @@ class CUDAGraphForward:
             raise ValueError('cuda_graph: size_divisor must be None (no '
                              'padding) or an int >= 1, got '
                              f'{size_divisor!r}')
-        if param_grads not in self.PARAM_GRADS:
-            raise ValueError(f'cuda_graph: param_grads must be one of '
-                             f'{self.PARAM_GRADS}, got {param_grads!r}')
         # weak: the module holds this as its forward, and a cycle would
         # leave its graphs to the garbage collector, which can run while
         # another graph is being captured
@@ -472,18 +447,15 @@ class CUDAGraphForward:
         self.size_divisor = size_divisor
         self.max_graphs = max_graphs
         self.warmup_iters = warmup_iters
-        self.param_grads = param_grads
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.graphs: 'OrderedDict[tuple, ShapeGraph]' = OrderedDict()
         self.arenas: Dict[str, _Arena] = {}
         self._grad_block: Optional[GradBlock] = None
-        self._anchor: Optional[Tensor] = None
-        self.anchor_node = None  # set with the anchor
         self.pool = None
         self.stats = Counter()
-        self._structure = None
+        self._structure: Optional[_Structure] = None
         self._pointers = None
         self._pending = None
         self._warned = set()
@@ -491,7 +463,8 @@ class CUDAGraphForward:
     def clear(self) -> None:
         """Drop every graph and static buffer (they are captured again as
         needed), and look at the module's submodules and parameters anew:
-        call it after replacing a submodule."""
+        call it after replacing a submodule or changing a Python value on
+        a module other than mmdyn's layers."""
         self._drop_graphs()
         self.arenas.clear()
         self._grad_block = None
@@ -515,8 +488,7 @@ class CUDAGraphForward:
     def __getstate__(self) -> dict:
         return dict(module=self.module, size_divisor=self.size_divisor,
                     max_graphs=self.max_graphs,
-                    warmup_iters=self.warmup_iters,
-                    param_grads=self.param_grads)
+                    warmup_iters=self.warmup_iters)
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
@@ -534,8 +506,7 @@ class CUDAGraphForward:
 
     def __repr__(self) -> str:
         return (f'CUDAGraphForward(size_divisor={self.size_divisor}, '
-                f'max_graphs={self.max_graphs}, param_grads='
-                f'{self.param_grads!r}, graphs={len(self.graphs)})')
+                f'max_graphs={self.max_graphs}, graphs={len(self.graphs)})')
 
     def eager(self, x: Tensor) -> Outputs:
         return type(self.module).forward(self.module, x)
@@ -549,7 +520,7 @@ class CUDAGraphForward:
         reason = self._eager_reason(x)
         if reason is not None:
             return self._run_eagerly(x, reason)
-        reason, state = self._module_state()
+        reason, state = self.state()
         if reason is not None:
             return self._run_eagerly(x, reason)
         with_backward = torch.is_grad_enabled() and (
@@ -579,30 +550,17 @@ class CUDAGraphForward:
         else:
             token = _PendingBackward()
             self._pending = weakref.ref(token)
-            if self._writes_grad(graph.params):
-                outputs = _Replay.apply(graph, crops, token, self, x,
-                                        self.anchor(x.device))
-            else:
-                outputs = _Replay.apply(graph, crops, token, None, x,
-                                        *graph.params)
+            outputs = _Replay.apply(graph, crops, token, x, *graph.params)
         if graph.structure is Tensor:
             return outputs[0]
         return graph.structure(outputs)
 
-    #: what captures a graph (a test can put an eager stand-in here)
-    graph_type = ShapeGraph
-
-    @staticmethod
-    def can_capture(x: Tensor) -> bool:
-        return x.is_cuda
-
     def _eager_reason(self, x: Tensor) -> Optional[str]:
-        if not self.can_capture(x):
+        if not x.is_cuda:
             return 'not_cuda'
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() \
-                or torch.jit.is_scripting():
+        if tracing_or_compiling():
             return 'compiling'
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        if torch.cuda.is_current_stream_capturing():
             return 'capturing'
         pending = self._pending() if self._pending is not None else None
         if pending is not None and not pending.done:
@@ -637,17 +595,23 @@ class CUDAGraphForward:
             self._warned.add(what)
             warnings.warn(message, stacklevel=3)
 
-    def _module_state(self) -> Tuple[Optional[str], tuple]:
-        """What decides the kernels a forward launches, besides the input;
-        or the reason why a graph cannot stand in for it."""
+    def state(self) -> Tuple[Optional[str], tuple]:
+        """What the module's forward reads besides its input (a graph holds
+        for one value of it), or the reason why no graph can stand in for
+        it: ``(None, state)`` or ``(reason, ())``.
+
+        The state is derived, not listed: every submodule's train / eval
+        mode, which parameters require grad, the Python values stored on
+        mmdyn's dynamic layers, the fused-op mode of
+        :mod:`mmdyn.ops.dispatch` and the backend flags that choose GPU
+        kernels."""
         structure = self._structure
         flags = None if structure is None else structure.flags()
         if structure is None or flags != structure.last_flags:
             # a train / eval switch: the structure is walked again then
             structure = self._structure = _Structure(self.module)
             flags = structure.last_flags = structure.flags()
-        if structure.hooked() or nn.modules.module._global_forward_hooks \
-                or nn.modules.module._global_forward_pre_hooks:
+        if structure.hooked():
             return 'hooks', ()
         if any([m.training for m in structure.sync_batch_norms]):
             return 'sync_bn', ()
@@ -659,14 +623,14 @@ class CUDAGraphForward:
         backends = (torch.backends.cudnn.allow_tf32,
                     torch.backends.cuda.matmul.allow_tf32,
                     torch.backends.cudnn.deterministic,
-                    torch.backends.cudnn.benchmark)
-        return None, (flags, tuple([p.requires_grad for p in structure.params
-                                    ]), tuple([m.cuda_graph_key()
-                                               for m in structure.keyed]),
-                      backends)
+                    torch.backends.cudnn.benchmark,
+                    torch.are_deterministic_algorithms_enabled())
+        requires_grad = tuple([p.requires_grad for p in structure.params])
+        return None, (flags, requires_grad, structure.layer_values(),
+                      fused_ops_mode(), backends)
 
     def _graph(self, common: tuple, bucket: Tuple[int, int], x: Tensor,
-               with_backward: bool) -> Optional[ShapeGraph]:
+               with_backward: bool) -> Optional['ShapeGraph']:
         key = common + (bucket, )
         graph = self.graphs.get(key)
         if graph is not None:
@@ -679,29 +643,25 @@ class CUDAGraphForward:
         return graph
 
     def _capture(self, x: Tensor, bucket: Tuple[int, int],
-                 with_backward: bool) -> ShapeGraph:
+                 with_backward: bool) -> 'ShapeGraph':
         # garbage collected during a capture may free CUDA memory or other
         # graphs, which invalidates the capture
         gc.collect()
         enabled = gc.isenabled()
         gc.disable()
-        try:
-            return self._new_graph(x, bucket, with_backward)
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _new_graph(self, x: Tensor, bucket: Tuple[int, int],
-                   with_backward: bool) -> ShapeGraph:
         args = (self.eager, self.module, self._structure.params, x, bucket,
                 with_backward, self)
         try:
-            return self.graph_type(*args)
-        except _ArenaGrown:
-            # the static buffers grew: earlier graphs point into the old
-            # ones, so they go (and are captured again when needed)
-            self._drop_graphs()
-            return self.graph_type(*args)
+            try:
+                return ShapeGraph(*args)
+            except _ArenaGrown:
+                # the static buffers grew: earlier graphs point into the old
+                # ones, so they go (and are captured again when needed)
+                self._drop_graphs()
+                return ShapeGraph(*args)
+        finally:
+            if enabled:
+                gc.enable()
 
     def _drop_graphs(self) -> None:
         """Drop every graph, and their pool with them: a pool that no
@@ -729,24 +689,6 @@ class CUDAGraphForward:
         if self._grad_block is None:
             self._grad_block = GradBlock(self._structure.params)
         return self._grad_block
-
-    def _writes_grad(self, params: List[Tensor]) -> bool:
-        """Whether a training replay hands the gradients of ``params`` to
-        ``.grad`` itself rather than through autograd (see
-        ``param_grads``)."""
-        return self.param_grads == 'direct' and bool(params) and \
-            not distributed() and not have_grad_hooks(params)
-
-    def anchor(self, device: torch.device) -> Tensor:
-        """A leaf that requires grad, input of the replays that write
-        ``.grad`` themselves; its AccumulateGrad node (:attr:`anchor_node`)
-        runs in a backward() and not in torch.autograd.grad."""
-        if self._anchor is None or self._anchor.device != device:
-            self._anchor = torch.zeros((), device=device, requires_grad=True)
-            # the node lives as long as this reference to it
-            self.anchor_node = self._anchor.view_as(
-                self._anchor).grad_fn.next_functions[0][0]
-        return self._anchor
 
 
 class _ArenaGrown(Exception):
