@@ -1,32 +1,52 @@
-"""``MMDYN_TEST_DEVICE=cuda python -m pytest tests/test_layers.py`` runs the
-layer tests on a GPU: tensors and modules are then created there. A test
-module that sets ``KEEPS_DEFAULT_DEVICE = True`` names its devices itself
-and runs as it is."""
+"""What every test module shares: the markers, the Triton interpreter on a
+CPU, the helpers' folder on ``sys.path``, and the ``device`` fixture.
+
+Markers (registered in setup.cfg):
+
+- ``gpu``: needs a CUDA GPU; skipped without one. ``pytest -m gpu`` runs
+  them all (on the GPU machine).
+- ``slow``: takes more than a few seconds on a 2-core CPU;
+  ``pytest -m "not slow"`` is the quick development subset.
+"""
 import os
+import os.path as osp
+import sys
 
 import pytest
 import torch
 
-DEVICE = os.environ.get('MMDYN_TEST_DEVICE')
-
-# Without a GPU, mmdyn's Triton kernels are tested in Triton's CPU
+# Without a GPU, mmdyn's fused Triton kernels are tested in Triton's CPU
 # interpreter; it is chosen when the kernels are first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# reference.py, layer_cases.py and the other helpers
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'helpers'))
+
+#: the repository's root
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+#: parametrize a test over the CPU and, marked ``gpu``, a CUDA GPU
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (pytest -m gpu on one)')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
-def _default_device(request):
-    if not DEVICE or getattr(request.module, 'KEEPS_DEFAULT_DEVICE', False):
-        yield
-        return
-    previous = torch.get_default_device()
-    torch.set_default_device(DEVICE)
-    # the comparisons check the formulation: no TF32 rounding on GPUs
+def _no_tf32():
+    """The comparisons check the formulation: no TF32 rounding in float32
+    convs and products on GPUs (with it, they differ from float32 by about
+    1e-3)."""
     backends = torch.backends
-    tf32 = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    backends.cudnn.allow_tf32 = False
+    backends.cuda.matmul.allow_tf32 = False
     yield
-    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = tf32
-    torch.set_default_device(previous)
+    backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved

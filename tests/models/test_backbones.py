@@ -6,7 +6,7 @@ from mmdet.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmdyn  # noqa: F401
-from mmdyn.layers import DynamicConv2d
+from mmdyn.layers import BaseDynamicConv2d
 
 RESNETS = ['ODResNet', 'DCDResNet', 'DyConvResNet', 'CondConvResNet']
 MOBILENETS = ['ODMobileNetV2', 'DCDMobileNetV2', 'DyConvMobileNetV2',
@@ -96,7 +96,7 @@ def test_mobilenet_outputs_fpn_inputs_and_trains(name, widen, channels):
 
 def dynamic_layers(model):
     return {n: m for n, m in model.named_modules()
-            if isinstance(m, DynamicConv2d)}
+            if isinstance(m, BaseDynamicConv2d)}
 
 
 def test_resnet_placement():
@@ -159,8 +159,12 @@ def test_frozen_stages_freeze_attention_branches(cfg, frozen_prefixes,
     assert all(not params[n].requires_grad for n in frozen)
     assert all(p.requires_grad for n, p in params.items()
                if n.startswith(trainable_prefix))
+    # mmdet's ResNet puts its frozen stages in eval mode, stem included;
+    # its MobileNetV2 the frozen stages but not the stem
+    eval_prefixes = frozen_prefixes if 'ResNet' in cfg['type'] else \
+        frozen_prefixes[1:]
     for name, module in model.named_modules():
-        if name.startswith(frozen_prefixes):
+        if name.startswith(eval_prefixes):
             assert not module.training, name
 
 
@@ -200,14 +204,27 @@ def test_temperature_reaches_every_layer(name):
     assert all(m.temperature == 30.0 for m in dynamic_layers(model).values())
 
 
-@pytest.mark.parametrize('name', ['ODResNet', 'DCDMobileNetV2'])
-def test_triton_kernels_reaches_every_dynamic_conv(name):
-    extra = dict(depth=18) if 'ResNet' in name else dict(widen_factor=0.5)
-    layers = dynamic_layers(build(dict(type=name, **extra))).values()
-    assert all('triton_kernels' not in vars(m) for m in layers)
-    model = build(dict(type=name, triton_kernels=False, **extra))
-    layers = dynamic_layers(model).values()
-    assert layers and all(m.triton_kernels is False for m in layers)
+@pytest.mark.parametrize('ours,theirs', [
+    (dict(type='DynamicResNet', depth=50), dict(type='mmdet.ResNet',
+                                                depth=50)),
+    (dict(type='DynamicMobileNetV2', widen_factor=0.75),
+     dict(type='mmdet.MobileNetV2', widen_factor=0.75)),
+])
+def test_without_dynamic_convs_the_bases_are_mmdets_backbones(ours, theirs):
+    """The base classes subclass MMDetection's backbones: without a
+    dynamic conv config they have its layers and keys, and compute what it
+    computes (e.g. the static baseline with CUDA graphs)."""
+    torch.manual_seed(0)
+    mine = build(dict(ours, norm_eval=True))
+    mmdet_model = build(dict(theirs, norm_eval=True))
+    mine.train()
+    mmdet_model.train()  # returns None: mmdet's train() does
+    assert list(mine.state_dict()) == list(mmdet_model.state_dict())
+    assert not dynamic_layers(mine)
+    mmdet_model.load_state_dict(mine.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(mine(x), mmdet_model(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_sync_bn_reaches_attention_branches():
@@ -229,8 +246,6 @@ def test_sync_bn_reaches_attention_branches():
     (dict(type='ODMobileNetV2', frozen_stages=8), 'frozen_stages'),
     (dict(type='DCDMobileNetV2', widen_factor=0), 'widen_factor'),
     (dict(type='DCDMobileNetV2', fc_squeeze=0), 'fc_squeeze'),
-    (dict(type='ODResNet', depth=18, triton_kernels='off'),
-     'triton_kernels'),
 ])
 def test_invalid_backbone_arguments_name_the_argument(cfg, message):
     with pytest.raises(ValueError, match=message):

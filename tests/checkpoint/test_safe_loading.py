@@ -21,8 +21,7 @@ import mmdyn  # noqa: F401  (installs the weights-only loaders)
 from mmdyn.checkpoint import (TRUSTED_CHECKPOINTS_ENV, CheckpointError,
                               load_backbone_checkpoint, trust_checkpoints)
 from mmdyn.engine import add_trust_argument, parse_runner_args
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO
 
 
 class _LeavesAMark:

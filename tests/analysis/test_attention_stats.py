@@ -16,7 +16,7 @@ from mmdyn.analysis import (AttentionRecorder, plot_attention_summary,
                             summarize)
 from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO
 sys.path.insert(0, osp.join(REPO, 'tools', 'analysis_tools'))
 import attention_stats as tool  # noqa: E402
 

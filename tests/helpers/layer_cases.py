@@ -1,9 +1,10 @@
 """The layers and geometries the layer tests run over, and the comparison of
-a layer with its plain reference formulation (tests/reference.py)."""
+a layer with its plain reference formulation (reference.py)."""
 import pytest
 import torch
 
 from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
+from mmdyn.ops import fused_ops
 from reference import (condconv_reference, dcd_reference, dyconv_reference,
                        odconv_reference)
 
@@ -22,56 +23,37 @@ GEOMETRIES = {
     '1x3': (8, 12, (1, 3), 1, (0, 1), 1, 1),
 }
 
-# name -> (class, reference, extra constructor kwargs per variant)
+# name -> (class, reference, extra constructor kwargs, fused): a fused case
+# runs with the fused ops of mmdyn.ops allowed wherever they apply (on CUDA,
+# or in Triton's CPU interpreter), the others with them off, so that the
+# layers' own PyTorch operations are tested on every device. Where a fused
+# op does not apply (grouped convs, BatchNorm in training) the fused case
+# runs the PyTorch operations.
 LAYERS = {
-    'odconv-1x': (ODConv2d, odconv_reference, dict(kernel_num=1)),
-    'odconv-4x': (ODConv2d, odconv_reference, dict(kernel_num=4)),
-    # both places for the channel and filter attentions (same result)
-    'odconv-1x-folded': (ODConv2d, odconv_reference,
-                         dict(kernel_num=1, fold_attentions=True)),
-    'odconv-1x-scaled': (ODConv2d, odconv_reference,
-                         dict(kernel_num=1, fold_attentions=False)),
-    'odconv-4x-scaled': (ODConv2d, odconv_reference,
-                         dict(kernel_num=4, fold_attentions=False)),
-    # one conv per sample instead of the batch in the groups
-    'odconv-4x-loop': (ODConv2d, odconv_reference,
-                       dict(kernel_num=4, per_sample_conv='loop')),
-    # the fused Triton kernels (CUDA, or Triton's CPU interpreter); where
-    # they do not apply (grouped convs, BatchNorm in training) the layer
-    # runs as without them
-    'odconv-1x-triton': (ODConv2d, odconv_reference,
-                         dict(kernel_num=1, fold_attentions=True,
-                              triton_kernels=True)),
-    'odconv-4x-triton': (ODConv2d, odconv_reference,
-                         dict(kernel_num=4, fold_attentions=True,
-                              triton_kernels=True)),
-    'dcd': (DCDConv2d, dcd_reference, dict()),
-    # the static conv and the low-rank residual apart, in eval mode too
-    'dcd-unfolded': (DCDConv2d, dcd_reference,
-                     dict(fold_attentions=False)),
-    'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2)),
-    'dcd-triton': (DCDConv2d, dcd_reference,
-                   dict(fold_attentions=True, triton_kernels=True)),
-    'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3)),
-    'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1)),
-    'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3)),
-    'condconv-loop': (CondConv2d, condconv_reference,
-                      dict(kernel_num=3, per_sample_conv='loop')),
+    'odconv-1x': (ODConv2d, odconv_reference, dict(kernel_num=1), False),
+    'odconv-4x': (ODConv2d, odconv_reference, dict(kernel_num=4), False),
+    'odconv-1x-fused': (ODConv2d, odconv_reference, dict(kernel_num=1),
+                        True),
+    'odconv-4x-fused': (ODConv2d, odconv_reference, dict(kernel_num=4),
+                        True),
+    'dcd': (DCDConv2d, dcd_reference, dict(), False),
+    'dcd-pool2': (DCDConv2d, dcd_reference, dict(pool_size=2), False),
+    'dcd-fused': (DCDConv2d, dcd_reference, dict(), True),
+    'dyconv': (DyConv2d, dyconv_reference, dict(kernel_num=3), False),
+    'dyconv-1': (DyConv2d, dyconv_reference, dict(kernel_num=1), False),
+    'condconv': (CondConv2d, condconv_reference, dict(kernel_num=3), False),
 }
 
-SPEED_SETTINGS = ('fold_attentions', 'per_sample_conv', 'triton_kernels')
 
-
-def triton_runs_here() -> bool:
-    """Whether the fused Triton kernels can run in these tests: Triton is
-    installed, and the tests run on CUDA or in Triton's CPU interpreter
-    (which tests/conftest.py turns on where there is no GPU)."""
-    import os
-
-    from mmdyn.layers.triton_support import interpreting, triton_installed
+def triton_runs_here(device: str = 'cpu') -> bool:
+    """Whether the fused Triton kernels can run in these tests on
+    ``device``: Triton is installed, and the tests run on CUDA or in
+    Triton's CPU interpreter (which tests/conftest.py turns on where there
+    is no GPU)."""
+    from mmdyn.ops.triton_utils import interpreting, triton_installed
     if not triton_installed():
         return False
-    if os.environ.get('MMDYN_TEST_DEVICE', '').startswith('cuda'):
+    if device.startswith('cuda'):
         return True
     import triton
     version = tuple(int(v) for v in triton.__version__.split('.')[:2])
@@ -80,26 +62,25 @@ def triton_runs_here() -> bool:
     return interpreting() and version >= (3, 9)
 
 
+def fused_mode(layer_name: str):
+    """The fused-op mode a layer case runs in (a context manager)."""
+    return fused_ops('always' if LAYERS[layer_name][3] else 'off')
+
+
 def make_layer(layer_name, geometry, bias=False, temperature=1.0,
-               dtype=torch.float64, seed=0):
-    cls, reference, extra = LAYERS[layer_name]
-    if extra.get('triton_kernels') and not triton_runs_here():
-        pytest.skip('needs Triton: on CUDA (MMDYN_TEST_DEVICE=cuda), or '
-                    'triton >= 3.9 for its CPU interpreter')
+               dtype=torch.float64, seed=0, device='cpu'):
+    cls, reference, extra, fused = LAYERS[layer_name]
+    if fused and not triton_runs_here(device):
+        pytest.skip('needs Triton: on CUDA, or triton >= 3.9 for its CPU '
+                    'interpreter')
     in_ch, out_ch, kernel, stride, padding, dilation, groups = \
         GEOMETRIES[geometry]
     torch.manual_seed(seed)
-    extra = dict(extra)
-    # speed settings: class attributes, not constructor arguments
-    settings = {name: extra.pop(name) for name in SPEED_SETTINGS
-                if name in extra}
     layer = cls(in_ch, out_ch, kernel, stride=stride, padding=padding,
                 dilation=dilation, groups=groups, bias=bias,
                 temperature=temperature, **extra)
-    for name, value in settings.items():
-        setattr(layer, name, value)
     randomize(layer)
-    return layer.to(dtype), reference
+    return layer.to(device, dtype), reference
 
 
 def randomize(layer):
@@ -145,7 +126,7 @@ def compare(layer, reference, x, atol):
 
 class ApplySpy:
     """Counts the calls of an autograd Function (its ``apply``, replaced
-    through ``monkeypatch``)."""
+    through ``monkeypatch``): proof that a fused op ran."""
 
     def __init__(self, monkeypatch, function):
         self.calls = 0

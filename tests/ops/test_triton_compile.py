@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mmdyn.layers.triton_support import triton_installed
+from mmdyn.ops.triton_utils import triton_installed
 
 F32, F64 = 'tl.float32', 'tl.float64'
 #: kernel -> the constexprs of one launch, per accumulator type
@@ -44,7 +44,7 @@ FLOATS = {'eps', 'eps1', 'eps2', 'temperature'}
 failed = []
 for name, consts, acc in eval(sys.argv[1]):
     module, kernel = name.split('.')
-    fn = getattr(importlib.import_module('mmdyn.layers.' + module), kernel)
+    fn = getattr(importlib.import_module('mmdyn.ops.' + module), kernel)
     consts = dict(consts, ACC=eval(acc))
     pointer = '*fp64' if acc == 'tl.float64' else '*fp32'
     params = list(inspect.signature(fn.fn).parameters)
@@ -70,7 +70,8 @@ sys.exit(1 if failed else 0)
 '''
 
 
-@pytest.mark.skipif(not triton_installed(), reason='needs Triton')
+@pytest.mark.slow
+@pytest.mark.skipif(not triton_installed(), reason="needs Triton")
 def test_every_kernel_compiles_for_sm90():
     launches = [(name, consts, acc) for name, consts in KERNELS.items()
                 for acc in (F32, F64)]

@@ -11,7 +11,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmdyn.analysis import count_flops
 from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO
 sys.path.insert(0, osp.join(REPO, 'tools', 'analysis_tools'))
 import complexity_table  # noqa: E402
 

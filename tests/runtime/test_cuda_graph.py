@@ -1,11 +1,9 @@
-"""CUDA graphs of a backbone (mmdyn.models.cuda_graph).
+"""CUDA graphs of a backbone (mmdyn/runtime/cuda_graph.py).
 
-On the CPU the dispatching is tested with :class:`EagerGraph`, which stands
-in for a captured graph by running the module eagerly on the padded input:
-which calls capture, which replay, which run eagerly, padding and cropping,
-gradients through the replay node, train / eval and other state changes.
-The captures themselves are tested on a GPU (``needs_cuda``): graphed
-outputs and gradients equal eager ones.
+On the CPU: the pure helpers, the arguments, the eager fallback and the
+state a graph is keyed on. On a GPU (``gpu``): real captures, whose outputs
+and gradients equal the eager module's, and the dispatching between
+captures, replays and eager calls.
 """
 import copy
 import pickle
@@ -18,18 +16,15 @@ from mmengine.registry import init_default_scope
 from torch import nn
 
 import mmdyn
-from mmdyn.models import (CUDAGraphForward, disable_cuda_graph,
-                          enable_cuda_graph, get_cuda_graph)
-from mmdyn.models import cuda_graph as cg
+from mmdyn.ops import fused_ops
+from mmdyn.runtime import (CUDAGraphForward, disable_cuda_graph,
+                           enable_cuda_graph, get_cuda_graph)
+from mmdyn.runtime import cuda_graph as cg
 
-# the CPU tests drive the dispatching with a stand-in; the GPU tests name
-# their device (MMDYN_TEST_DEVICE does not apply, see conftest.py)
-KEEPS_DEFAULT_DEVICE = True
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason='needs CUDA')
+gpu = pytest.mark.gpu
 
 BACKBONES = {
-    'static': dict(type='mmdet.ResNet'),
+    'static': dict(type='DynamicResNet'),
     'odconv-1x': dict(type='ODResNet', kernel_num=1),
     'odconv-4x': dict(type='ODResNet', kernel_num=4),
     'dcd': dict(type='DCDResNet'),
@@ -54,85 +49,15 @@ def build(method='odconv-1x', device='cpu', dtype=torch.float32, **kwargs):
 
 
 def twins(method='odconv-1x', backbone_args=None, **graph_args):
-    """An eager backbone and a graphed copy (with the CPU stand-in)."""
-    eager = build(method, **(backbone_args or {}))
+    """An eager backbone on the GPU and a graphed copy."""
+    eager = build(method, 'cuda', **(backbone_args or {}))
     graphed = copy.deepcopy(eager)
-    runner = StandInForward(graphed, **graph_args)
-    graphed.forward = runner
+    runner = enable_cuda_graph(graphed, **graph_args)
     return eager, graphed, runner
 
 
-class EagerGraph:
-    """Stands in for :class:`mmdyn.models.cuda_graph.ShapeGraph` on the
-    CPU: same interface, replays by running the module on the padded input
-    (buffers restored after the 'capture', as the real one does)."""
-
-    def __init__(self, forward, module, params, example, bucket,
-                 with_backward, owner):
-        self.forward, self.bucket, self.owner = forward, bucket, owner
-        self.module = module
-        self.params = [p for p in params if p.requires_grad
-                       ] if with_backward else []
-        self.input_grad = with_backward and example.requires_grad
-        buffers = [b.clone() for b in module.buffers()]
-        with torch.set_grad_enabled(with_backward):
-            result = forward(self._padded(example))
-        for buffer, value in zip(module.buffers(), buffers):
-            buffer.data.copy_(value)
-        outputs = cg._flatten(result)
-        self.structure = cg._structure(result)
-        self.output_sizes = [tuple(o.shape) for o in outputs]
-        self.differentiable = [o.requires_grad for o in outputs]
-
-    def _padded(self, x):
-        padded = x.new_zeros(tuple(x.shape[:-2]) + self.bucket)
-        padded[cg._region(x.shape)] = x
-        return padded
-
-    def crops(self, size):
-        return cg.crop_sizes(self.output_sizes, self.bucket, size)
-
-    def replay_forward(self, x, crops):
-        # on new leaves, as a capture: hooks on the parameters do not run
-        with torch.enable_grad(), \
-                cg._parameters_as_new_leaves(self.module) as leaves:
-            self.leaves = [leaves[id(p)] for p in self.params]
-            self.input = self._padded(x.detach()).requires_grad_(
-                self.input_grad)
-            self.outputs = cg._flatten(self.forward(self.input))
-        return [o.detach()[cg._region(c)].clone()
-                for o, c in zip(self.outputs, crops)]
-
-    def replay_backward(self, grads, crops, size):
-        pairs = []
-        for output, grad, crop, differentiable in zip(
-                self.outputs, grads, crops, self.differentiable):
-            if differentiable:
-                full = torch.zeros_like(output)
-                full[cg._region(crop)] = grad
-                pairs.append((output, full))
-        inputs = ([self.input] if self.input_grad else []) + self.leaves
-        result = list(torch.autograd.grad([o for o, _ in pairs], inputs,
-                                          [g for _, g in pairs],
-                                          allow_unused=True))
-        grad_input = result.pop(0)[..., :size[0], :size[1]] \
-            if self.input_grad else None
-        # the parameters' gradients stay in the owner's buffers, as a
-        # backward graph leaves them
-        self.grad_block = self.owner.gradient_block()
-        self.param_has_grad = [g is not None for g in result]
-        for param, grad in zip(self.params, result):
-            if grad is not None:
-                self.grad_block.buffer(param).copy_(grad)
-        return grad_input
-
-
-class StandInForward(CUDAGraphForward):
-    graph_type = EagerGraph
-
-    @staticmethod
-    def can_capture(x):
-        return True
+def cuda_randn(*shape, **kwargs):
+    return torch.randn(*shape, device='cuda', **kwargs)
 
 
 def trainable(model):
@@ -217,7 +142,6 @@ def test_parameters_as_new_leaves():
     (dict(max_graphs=0), 'max_graphs'),
     (dict(max_graphs=2.0), 'max_graphs'),
     (dict(warmup_iters=0), 'warmup_iters'),
-    (dict(param_grads='grad'), 'param_grads must be one of'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -262,14 +186,24 @@ def test_mobilenet_argument():
     assert get_cuda_graph(model).max_graphs == 4
 
 
+def test_copies_keep_their_settings_and_their_own_module():
+    graphed = build(cuda_graph=dict(size_divisor=32, max_graphs=3))
+    for clone in (copy.deepcopy(graphed),
+                  pickle.loads(pickle.dumps(graphed))):
+        runner = get_cuda_graph(clone)
+        assert runner.module is clone and not runner.graphs
+        assert (runner.size_divisor, runner.max_graphs) == (32, 3)
+
+
+@gpu
 def test_copies_start_without_graphs():
-    eager, graphed, runner = twins()
-    graphed(torch.randn(2, 3, 64, 64))
+    _, graphed, runner = twins()
+    graphed(cuda_randn(2, 3, 64, 64))
     assert len(runner.graphs) == 1
     for clone in (copy.deepcopy(graphed),
                   pickle.loads(pickle.dumps(graphed))):
         assert clone.forward.module is clone and not clone.forward.graphs
-        assert type(clone.forward) is StandInForward
+        assert type(clone.forward) is CUDAGraphForward
 
 
 def test_cpu_runs_eagerly_with_one_warning():
@@ -286,50 +220,92 @@ def test_cpu_runs_eagerly_with_one_warning():
 
 
 def test_called_with_other_arguments():
-    _, graphed, _ = twins()
+    graphed = build(cuda_graph=True)
     with pytest.raises(TypeError, match='forward\\(x\\)'):
         graphed(torch.randn(2, 3, 32, 32), None)
+
+
+# ------------------------------------------------------- the graphs' key
+
+
+def test_state_follows_what_the_forward_reads():
+    """The state a graph holds for changes with every submodule's mode,
+    which parameters train, any Python value on a dynamic layer (also one
+    no list names), the fused-op mode; hooks and training SyncBN make the
+    module run eagerly."""
+    model = build(cuda_graph=True)
+    runner = get_cuda_graph(model)
+    model.train()
+    reason, state = runner.state()
+    assert reason is None and runner.state() == (None, state)
+    seen = {state}
+
+    def changed():
+        reason, new = runner.state()
+        assert reason is None and new not in seen
+        seen.add(new)
+
+    model.eval()
+    changed()
+    mmdyn.set_temperature(model, 2.0)
+    changed()
+    model.layer4[0].conv2.future_setting = 'new branch'
+    changed()
+    with fused_ops('off'):
+        changed()
+    for param in model.layer2.parameters():
+        param.requires_grad = False
+    changed()
+    handle = model.layer1.register_forward_hook(lambda *args: None)
+    assert runner.state() == ('hooks', ())
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda *args: None)
+    assert runner.state() == ('hooks', ())
+    handle.remove()
+    model.layer2[0].bn1 = nn.SyncBatchNorm(16)
+    runner.clear()
+    model.train()  # norm_eval: every BatchNorm in eval mode, SyncBN too
+    assert runner.state()[0] is None
+    model.layer2[0].bn1.train()
+    assert runner.state() == ('sync_bn', ())
 
 
 # ------------------------------------------------------------ dispatching
 
 
-@pytest.mark.parametrize('param_grads', ['direct', 'autograd'])
+@gpu
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('method', ['odconv-1x', 'dcd', 'static'])
-def test_replay_node_gives_eager_outputs_and_gradients(
-        method, dtype, param_grads):
-    eager, graphed, runner = twins(method, param_grads=param_grads)
+def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
+    eager, graphed, runner = twins(method)
     eager.to(dtype)
     graphed.to(dtype)
     eager.train()
     graphed.train()
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else {}
     for shape in [(2, 3, 64, 96), (2, 3, 32, 32), (2, 3, 64, 96)]:
-        x = torch.randn(shape, dtype=dtype)
+        x = cuda_randn(*shape, dtype=dtype)
         expected, actual = eager(x), graphed(x)
         assert_close_all(actual, expected, **tol)
         weights = [torch.randn_like(o) for o in expected]
-        if param_grads == 'autograd':  # the parameters are in the graph
-            loss = sum((o * w).sum() for o, w in zip(actual, weights))
-            actual_grads = torch.autograd.grad(loss, trainable(graphed))
-        else:
-            actual_grads = grads_of(graphed, actual, weights)
+        # the parameters are in the autograd graph, as eagerly
+        loss = sum((o * w).sum() for o, w in zip(actual, weights))
+        actual_grads = torch.autograd.grad(loss, trainable(graphed))
         assert_close_all(actual_grads, grads_of(eager, expected, weights),
                          **tol)
     assert runner.stats == {'captures': 2, 'replays': 3}
-    # the stand-in's only buffers are those of the gradients
-    assert runner.memory_bytes() == runner.gradient_block().nbytes()
     # BatchNorm buffers (attention ones included) took the same steps
     assert_close_all(list(graphed.buffers()), list(eager.buffers()), **tol)
 
 
+@gpu
 def test_gradients_accumulate_in_grad():
     eager, graphed, _ = twins()
     eager.train()
     graphed.train()
     for _ in range(2):
-        x = torch.randn(2, 3, 64, 64)
+        x = cuda_randn(2, 3, 64, 64)
         sum(o.sum() for o in eager(x)).backward()
         sum(o.sum() for o in graphed(x)).backward()
     assert_close_all([p.grad for p in trainable(graphed)],
@@ -337,85 +313,45 @@ def test_gradients_accumulate_in_grad():
                      atol=1e-6)
 
 
-def replay_edges(outputs):
-    """How many tensors the replay node of ``outputs`` passes gradients
-    to (the input's, the parameters' or the anchor's AccumulateGrad)."""
-    return sum(node is not None
-               for node, _ in outputs[-1].grad_fn.next_functions)
-
-
-def test_direct_gradients_skip_autograd_per_parameter():
-    """param_grads='direct': the replay node passes no gradient to
-    autograd but the anchor's; its backward fills .grad."""
-    eager, graphed, runner = twins(param_grads='direct')
-    eager.train()
-    graphed.train()
-    x = torch.randn(2, 3, 32, 32)
-    actual = graphed(x)
-    assert replay_edges(actual) == 1
-    assert_close_all(grads_of(graphed, actual), grads_of(eager, eager(x)),
-                     rtol=1e-5, atol=1e-6)
-    assert runner.anchor(x.device).grad is None
-
-
-@pytest.mark.parametrize('reason', ['default', 'hook', 'post_hook',
-                                    'process_group'])
-def test_gradients_through_autograd(reason, monkeypatch):
-    """Autograd hands the gradients over by default, and with 'direct'
-    when a parameter has hooks (they run, as in eager) or a process group
-    is initialised (DDP's hooks)."""
-    eager, graphed, _ = twins(**({} if reason == 'default' else dict(
-        param_grads='direct')))
+@gpu
+@pytest.mark.parametrize('hook', ['hook', 'post_hook'])
+def test_parameter_hooks_run(hook):
+    eager, graphed, _ = twins()
     eager.train()
     graphed.train()
     calls = []
-    if reason == 'hook':
+    if hook == 'hook':
         for model in (eager, graphed):
             trainable(model)[-1].register_hook(lambda grad: grad * 3)
-    if reason == 'post_hook':
+    else:
         trainable(graphed)[-1].register_post_accumulate_grad_hook(
             calls.append)
-    if reason == 'process_group':
-        monkeypatch.setattr(cg, 'distributed', lambda: True)
-    x = torch.randn(2, 3, 32, 32)
-    actual = graphed(x)
-    assert replay_edges(actual) == len(trainable(graphed))
-    assert_close_all(grads_of(graphed, actual), grads_of(eager, eager(x)),
+    x = cuda_randn(2, 3, 32, 32)
+    assert_close_all(grads_of(graphed, graphed(x)), grads_of(eager, eager(x)),
                      rtol=1e-5, atol=1e-6)
-    assert len(calls) == (reason == 'post_hook')
+    assert len(calls) == (hook == 'post_hook')
 
 
-def test_gradient_of_the_input_alone_leaves_grad_alone():
-    """torch.autograd.grad and backward(inputs=...) for the input replay
-    the backward, but write no parameter's .grad."""
-    _, graphed, _ = twins('static', dict(frozen_stages=-1),
-                          param_grads='direct')
-    graphed.train()
-    x = torch.randn(2, 3, 32, 32, requires_grad=True)
-    torch.autograd.grad(sum(o.sum() for o in graphed(x)), x)
-    sum(o.sum() for o in graphed(x)).backward(inputs=[x])
-    assert x.grad is not None
-    assert all(p.grad is None for p in graphed.parameters())
-
-
+@gpu
 def test_input_gradient():
     eager, graphed, _ = twins('static', dict(frozen_stages=-1))
-    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x = cuda_randn(2, 3, 64, 64, requires_grad=True)
     expected = torch.autograd.grad(sum(o.sum() for o in eager(x)), x)[0]
     actual = torch.autograd.grad(sum(o.sum() for o in graphed(x)), x)[0]
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+@gpu
 def test_padding_buckets_and_cropping():
     eager, graphed, runner = twins(size_divisor=64)
     eager.train()
     graphed.train()
     for height, width in [(96, 96), (128, 128), (96, 128), (64, 96)]:
-        x = torch.randn(2, 3, height, width)
+        x = cuda_randn(2, 3, height, width)
         actual = graphed(x)
         # the unpadded input's output sizes, the padded input's numbers
         bucket = cg.bucket_shape(height, width, 64)
-        padded = torch.zeros(2, 3, *bucket)
+        padded = torch.zeros(2, 3, *bucket, device='cuda')
         padded[..., :height, :width] = x
         expected = [o[..., :o.shape[-2] * height // bucket[0],
                       :o.shape[-1] * width // bucket[1]]
@@ -430,18 +366,20 @@ def test_padding_buckets_and_cropping():
     assert [key[-1] for key in runner.graphs] == [(128, 128), (64, 128)]
 
 
+@gpu
 def test_sizes_that_do_not_crop_get_their_own_graph():
     _, graphed, runner = twins(size_divisor=64)
     with pytest.warns(UserWarning, match='not multiples of the outputs'):
-        outputs = graphed(torch.randn(2, 3, 80, 96))
+        outputs = graphed(cuda_randn(2, 3, 80, 96))
     assert [tuple(o.shape[-2:]) for o in outputs] == [(20, 24), (10, 12),
                                                       (5, 6), (3, 3)]
     assert [key[-1] for key in runner.graphs] == [(128, 128), (80, 96)]
 
 
+@gpu
 def test_states_get_their_own_graphs():
     _, graphed, runner = twins()
-    x = torch.randn(2, 3, 64, 64)
+    x = cuda_randn(2, 3, 64, 64)
     graphed.train()
     graphed(x)
     graphed(x)
@@ -458,35 +396,38 @@ def test_states_get_their_own_graphs():
     assert len({key[4] for key in runner.graphs}) == 2  # with / without bwd
 
 
+@gpu
 def test_clear_looks_at_replaced_submodules():
     eager, graphed, runner = twins('static')
     eager.train()
     graphed.train()
-    graphed(torch.randn(2, 3, 32, 32))
+    graphed(cuda_randn(2, 3, 32, 32))
     graphed.layer4[0].conv2 = eager.layer4[0].conv2 = nn.Conv2d(
-        64, 64, 3, padding=1, bias=False)
+        64, 64, 3, padding=1, bias=False).cuda()
     runner.clear()
-    x = torch.randn(2, 3, 32, 32)
+    x = cuda_randn(2, 3, 32, 32)
     weights = [torch.randn_like(o) for o in eager(x)]
     actual = grads_of(graphed, graphed(x), weights)
     assert_close_all(actual, grads_of(eager, eager(x), weights), rtol=1e-5,
                      atol=1e-6)
 
 
+@gpu
 def test_moving_the_module_drops_its_graphs():
     _, graphed, runner = twins()
-    graphed(torch.randn(2, 3, 32, 32))
+    graphed(cuda_randn(2, 3, 32, 32))
     assert runner.graphs
     graphed.double()
-    graphed(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    graphed(cuda_randn(2, 3, 32, 32, dtype=torch.float64))
     assert len(runner.graphs) == 1 and runner.stats['captures'] == 2
 
 
+@gpu
 def test_max_graphs_then_eager():
     eager, graphed, runner = twins(max_graphs=2)
     for size in (32, 64):
-        graphed(torch.randn(2, 3, size, size))
-    x = torch.randn(2, 3, 96, 96)
+        graphed(cuda_randn(2, 3, size, size))
+    x = cuda_randn(2, 3, 96, 96)
     with pytest.warns(UserWarning, match='max_graphs \\(2\\)'):
         actual = graphed(x)
     assert_close_all(actual, eager(x), rtol=1e-5, atol=1e-6)
@@ -494,11 +435,12 @@ def test_max_graphs_then_eager():
     assert len(runner.graphs) == 2
 
 
+@gpu
 def test_second_call_before_backward_runs_eagerly():
     eager, graphed, runner = twins()
     graphed.train()
     eager.train()
-    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    x1, x2 = cuda_randn(2, 3, 32, 32), cuda_randn(2, 3, 32, 32)
     first = graphed(x1)
     with pytest.warns(UserWarning, match='before the backward'):
         second = graphed(x2)
@@ -515,42 +457,42 @@ def test_second_call_before_backward_runs_eagerly():
     assert runner.stats['replays'] == 3
 
 
+@gpu
 def test_hooks_and_sync_batch_norm_run_eagerly():
     _, graphed, runner = twins()
     handle = graphed.layer1.register_forward_hook(lambda *args: None)
     with pytest.warns(UserWarning, match='hooks'):
-        graphed(torch.randn(2, 3, 32, 32))
+        graphed(cuda_randn(2, 3, 32, 32))
     handle.remove()
-    graphed(torch.randn(2, 3, 32, 32))
+    graphed(cuda_randn(2, 3, 32, 32))
     assert runner.stats == {'eager_hooks': 1, 'captures': 1, 'replays': 1}
 
-    model = build('static', norm_eval=False)
-    model.layer2[0].bn1 = nn.SyncBatchNorm(16)
+    model = build('static', 'cuda', norm_eval=False)
+    model.layer2[0].bn1 = nn.SyncBatchNorm(16).cuda()
     runner = enable_cuda_graph(model)
-    runner.can_capture = lambda x: True
     model.train()
     with pytest.warns(UserWarning, match='SyncBatchNorm'):
-        model(torch.randn(2, 3, 32, 32))
+        model(cuda_randn(2, 3, 32, 32))
     assert runner.stats == {'eager_sync_bn': 1}
 
 
+@gpu
 def test_not_under_compile(monkeypatch):
     _, graphed, runner = twins('static')
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    graphed(torch.randn(2, 3, 32, 32))
+    graphed(cuda_randn(2, 3, 32, 32))
     assert runner.stats == {'eager_compiling': 1}
 
 
 # -------------------------------------------------------------- on a GPU
 
 
-@needs_cuda
-@pytest.mark.parametrize('param_grads', ['autograd', 'direct'])
+@gpu
 @pytest.mark.parametrize('method', list(BACKBONES))
-def test_gpu_graphs_equal_eager(method, param_grads):
+def test_gpu_graphs_equal_eager(method):
     eager = build(method, 'cuda')
     graphed = copy.deepcopy(eager)
-    runner = enable_cuda_graph(graphed, param_grads=param_grads)
+    runner = enable_cuda_graph(graphed)
     for mode in ('train', 'eval'):
         eager.train(mode == 'train')
         graphed.train(mode == 'train')
@@ -569,7 +511,7 @@ def test_gpu_graphs_equal_eager(method, param_grads):
     assert runner.stats == {'captures': 6, 'replays': 8}
 
 
-@needs_cuda
+@gpu
 def test_gpu_accumulation_padding_and_autocast():
     eager = build('odconv-4x', 'cuda', norm_eval=False)
     graphed = copy.deepcopy(eager)
@@ -601,7 +543,7 @@ def test_gpu_accumulation_padding_and_autocast():
     assert runner.stats['captures'] == 3
 
 
-@needs_cuda
+@gpu
 def test_gpu_inputs_that_outgrow_the_static_buffers():
     """Inference on one small image, then training on two larger ones: the
     static buffers grow, so the graphs go with their pool and are captured
@@ -625,7 +567,7 @@ def test_gpu_inputs_that_outgrow_the_static_buffers():
     assert runner.stats == {'captures': 3, 'replays': 4}
 
 
-@needs_cuda
+@gpu
 def test_gpu_static_memory_does_not_grow_per_shape():
     graphed = build('odconv-1x', 'cuda')
     runner = enable_cuda_graph(graphed)
@@ -677,7 +619,7 @@ def _ddp_worker(rank, port, result_file):
     dist.destroy_process_group()
 
 
-@needs_cuda
+@gpu
 def test_gpu_ddp_two_processes(tmp_path):
     """DDP (gloo, two processes sharing the GPU): the graphed backbone
     trains to the same weights as the eager one, averaging gradients."""

@@ -14,7 +14,7 @@ from mmdyn.checkpoint import CheckpointMismatchError, load_checkpoint_file
 from mmdyn.checkpoint.detector import (load_mmdet2_detector_state_dict,
                                        table_4_config_for)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO
 sys.path.insert(0, osp.join(REPO, 'tools', 'model_converters'))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmdet2_detector_to_mmdyn as converter  # noqa: E402

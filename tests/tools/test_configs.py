@@ -15,8 +15,8 @@ from mmengine.hub import get_config
 from mmengine.registry import init_default_scope
 
 import mmdyn  # noqa: F401
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = {
     'baseline': ['r50', 'mobilenetv2'],
     'condconv': ['r50-condconv-8x', 'mobilenetv2-condconv-8x'],

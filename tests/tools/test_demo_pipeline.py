@@ -11,8 +11,8 @@ from mmengine.config import Config
 
 from mmdyn.checkpoint.io import safe_torch_load
 from mmdyn.datasets import make_demo_shapes, prepare_demo_dataset
+from conftest import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK = osp.join(REPO, 'configs', 'demo',
                 'mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
 FASTER = osp.join(REPO, 'configs', 'demo',

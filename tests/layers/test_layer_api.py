@@ -1,99 +1,14 @@
-"""The four dynamic convolutions against their plain reference formulations
-(tests/reference.py): forward and gradients of the input and of every
-parameter, over the geometries a backbone uses."""
+"""The layers' arguments and behaviour besides their numbers: building
+through mmcv, temperature, errors, the official parameter layouts, and the
+start from a static conv."""
 import pytest
 import torch
 from mmcv.cnn import build_conv_layer
 
 import mmdyn  # noqa: F401  (registers the layers)
-from mmdyn.layers import (CondConv2d, DCDConv2d, DyConv2d, DynamicConv2d,
+from layer_cases import LAYERS, fused_mode, make_layer
+from mmdyn.layers import (BaseDynamicConv2d, CondConv2d, DCDConv2d, DyConv2d,
                           ODConv2d, set_temperature)
-from layer_cases import GEOMETRIES, LAYERS, compare, make_layer
-from reference import MUTATIONS
-
-
-def _runs_in_training(layer_name, batch):
-    # ODConv's attention BatchNorm needs > 1 pooled vector per channel.
-    return not (layer_name.startswith('odconv') and batch == 1)
-
-
-@pytest.mark.parametrize('geometry', GEOMETRIES)
-@pytest.mark.parametrize('layer_name', LAYERS)
-@pytest.mark.parametrize('batch,training', [(1, False), (3, True),
-                                            (3, False)])
-def test_fast_path_matches_reference_float64(layer_name, geometry, batch,
-                                             training):
-    layer, reference = make_layer(layer_name, geometry, bias=batch == 3,
-                                  temperature=1.0 if training else 2.5)
-    layer.train(training)
-    x = torch.randn(batch, layer.in_channels, 9, 7, dtype=torch.float64)
-    compare(layer, reference, x, atol=1e-8)
-
-
-@pytest.mark.parametrize('geometry',
-                         ['1x1', '3x3-stride2', 'depthwise-stride2'])
-@pytest.mark.parametrize('layer_name', LAYERS)
-def test_fast_path_matches_reference_float32(layer_name, geometry):
-    layer, reference = make_layer(layer_name, geometry, dtype=torch.float32)
-    x = torch.randn(2, layer.in_channels, 11, 10)
-    compare(layer, reference, x, atol=1e-4)
-
-
-MUTANTS = {
-    'odconv-4x': ['channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc'],
-    'dcd': ['scale', 'phi', 'identity'],
-    'dyconv': ['kernel'],
-    'condconv': ['kernel'],
-}
-
-
-@pytest.mark.parametrize('layer_name,attention',
-                         [(name, att) for name, atts in MUTANTS.items()
-                          for att in atts])
-@pytest.mark.parametrize('how', MUTATIONS)
-def test_reference_comparison_catches_a_dropped_or_doubled_attention(
-        layer_name, attention, how):
-    """The float64 comparison above would fail if the fast path dropped an
-    attention or applied it twice: such a layer differs from the reference
-    by far more than the tolerance."""
-    if attention == 'identity' and how == 'twice':
-        pytest.skip('the identity is a constant; doubling it is not a bug '
-                    'the reference can express')
-    layer, reference = make_layer(layer_name, '3x3')
-    layer.eval()
-    x = torch.randn(2, layer.in_channels, 9, 7, dtype=torch.float64)
-    with torch.no_grad():
-        good = reference(layer, x)
-        mutant = reference(layer, x, mutate={attention: how})
-        assert (layer(x) - good).abs().max() < 1e-8
-    assert (mutant - good).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize('layer_name', LAYERS)
-def test_half_precision_close_to_float32(layer_name):
-    layer, _ = make_layer(layer_name, '3x3-stride2', dtype=torch.float32)
-    layer.eval()
-    x = torch.randn(2, layer.in_channels, 9, 9)
-    with torch.no_grad():
-        expected = layer(x)
-        got = layer.half()(x.half())
-    assert got.dtype == torch.float16
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got.float(), expected, rtol=2e-2,
-                               atol=2e-2 * expected.abs().max().item())
-
-
-@pytest.mark.parametrize('layer_name', LAYERS)
-def test_memory_layout_does_not_change_the_result(layer_name):
-    layer, _ = make_layer(layer_name, '3x3')
-    layer.eval()
-    x = torch.randn(2, layer.in_channels, 9, 7, dtype=torch.float64)
-    with torch.no_grad():
-        expected = layer(x)
-        channels_last = layer(x.to(memory_format=torch.channels_last))
-        transposed = layer(x.transpose(2, 3).contiguous().transpose(2, 3))
-    torch.testing.assert_close(channels_last, expected)
-    torch.testing.assert_close(transposed, expected)
 
 
 @pytest.mark.parametrize('type_name', ['ODConv2d', 'DCDConv2d', 'DyConv2d',
@@ -103,7 +18,7 @@ def test_build_conv_layer_builds_every_registered_name(type_name):
         dict(type=type_name), 16, 32, 3, stride=2, padding=1, dilation=1,
         groups=1, bias=False)
     assert type(layer).__name__ == type_name
-    assert isinstance(layer, DynamicConv2d)
+    assert isinstance(layer, BaseDynamicConv2d)
     assert layer.temperature == 1.0
     out = layer.eval()(torch.randn(1, 16, 15, 15))
     assert out.shape == (1, 32, 8, 8)
@@ -257,7 +172,8 @@ def test_load_static_weight_starts_as_the_static_conv(layer_name, geometry,
                                           **layer.conv_kwargs(),
                                           groups=layer.groups)
     for training in (True, False):
-        out = layer.train(training)(x)
+        with fused_mode(layer_name):
+            out = layer.train(training)(x)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     layer.train()(x).square().sum().backward()
     if layer_name.startswith('dyconv'):
@@ -274,27 +190,9 @@ def test_load_static_weight_starts_as_the_static_conv(layer_name, geometry,
     assert any(g is not None and g.abs().sum() > 0 for g in attention_grads)
 
 
-def test_load_static_weight_rejects_a_kernel_of_the_wrong_shape():
+def test_load_static_weight_rejects_a_weight_of_the_wrong_shape():
     layer = ODConv2d(8, 12, 3, kernel_num=4)
     with pytest.raises(ValueError, match=r'\(12, 8, 1, 1\).*\(12, 8, 3, 3\)'):
         layer.load_static_weight(torch.randn(12, 8, 1, 1))
     with pytest.raises(ValueError, match='bias=False'):
         layer.load_static_weight(torch.randn(12, 8, 3, 3), torch.randn(12))
-
-
-def test_unknown_per_sample_conv_names_the_choices():
-    layer, _ = make_layer('condconv', '3x3')
-    layer.per_sample_conv = 'fast'
-    with pytest.raises(ValueError, match="'grouped' or 'loop', got 'fast'"):
-        layer(torch.randn(2, layer.in_channels, 5, 5, dtype=torch.float64))
-
-
-def test_dcd_folds_only_small_batches_unless_told():
-    """A large batch keeps the dense conv with W0 (cuDNN runs a conv with
-    one kernel per sample as a slow grouped conv over many samples)."""
-    layer = DCDConv2d(8, 12, 3, padding=1).eval()
-    small, large = (torch.zeros(n, 8, 16, 16) for n in (2, 9))
-    assert layer.folds_attentions(small)
-    assert not layer.folds_attentions(large)
-    layer.fold_attentions = True
-    assert layer.folds_attentions(large)

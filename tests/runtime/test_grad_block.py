@@ -1,9 +1,9 @@
 """The gradient buffers of CUDA-graphed backwards and their hand-over to
-``.grad`` (mmdyn.models.graph_grads)."""
+``.grad`` through autograd (mmdyn/runtime/grad_block.py)."""
 import torch
 from torch import nn
 
-from mmdyn.models.graph_grads import GradBlock, distributed, have_grad_hooks
+from mmdyn.runtime.grad_block import GradBlock
 
 
 def mixed_params():
@@ -67,37 +67,3 @@ def test_gradients_become_grad_without_another_copy():
         assert storage(param.grad) != storage(block.buffer(param))
     assert params[2].grad.stride() == params[2].stride()
     assert params[3].grad is None
-
-
-def test_into_grad_sets_then_accumulates():
-    params = mixed_params()
-    block = GradBlock(params)
-    first = filled(block, params)
-    block.into_grad(params[:3], [True, True, False])
-    assert params[2].grad is None and params[3].grad is None
-    for param, value in zip(params[:2], first):
-        assert torch.equal(param.grad, value)
-        assert storage(param.grad) != storage(block.buffer(param))
-    held = params[0].grad
-    second = filled(block, params)
-    block.into_grad(params, [True] * 4)
-    assert params[0].grad is held  # added in place, as autograd does
-    torch.testing.assert_close(params[0].grad, first[0] + second[0])
-    torch.testing.assert_close(params[1].grad, first[1] + second[1])
-    for param, value in zip(params[2:], second[2:]):
-        assert torch.equal(param.grad, value)
-    # what .grad holds does not change with the next backward's buffers
-    filled(block, params[::-1])
-    torch.testing.assert_close(params[3].grad, second[3])
-
-
-def test_grad_hooks_and_distributed():
-    params = mixed_params()
-    assert not have_grad_hooks(params)
-    handle = params[1].register_hook(lambda grad: grad)
-    assert have_grad_hooks(params)
-    handle.remove()
-    assert not have_grad_hooks(params)
-    params[2].register_post_accumulate_grad_hook(lambda param: None)
-    assert have_grad_hooks(params)
-    assert not distributed()  # the tests run without a process group
