@@ -7,14 +7,14 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from ..layers import DynamicConv2d
+from ..layers import BaseDynamicConv2d
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 class AttentionRecorder:
-    """Records :meth:`DynamicConv2d.attention_maps` of every dynamic conv of
-    ``model`` on each forward pass, inside a ``with`` block.
+    """Records :meth:`BaseDynamicConv2d.attention_maps` of every dynamic
+    conv of ``model`` on each forward pass, inside a ``with`` block.
 
     ``records[layer][name]`` is a list of (B, ...) float32 CPU tensors, one
     per forward pass; ``input_variance[layer]`` the variance of the layer's
@@ -25,7 +25,7 @@ class AttentionRecorder:
         self.layers = {
             name: module
             for name, module in model.named_modules()
-            if isinstance(module, DynamicConv2d)
+            if isinstance(module, BaseDynamicConv2d)
         }
         if not self.layers:
             raise ValueError(
@@ -59,9 +59,6 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def method_of(self, name: str) -> str:
-        return type(self.layers[name]).__name__
 
 
 def _distribution(values: Tensor) -> dict:

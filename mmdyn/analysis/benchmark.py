@@ -149,10 +149,31 @@ def model_label(path: str, overrides: Sequence[str]) -> str:
 # --------------------------------------------------------------- detectors
 
 
+def num_classes(model_cfg) -> int:
+    """The number of classes a detector config's heads predict (80 if it
+    names none)."""
+    found = []
+
+    def search(node):
+        if isinstance(node, dict):
+            if isinstance(node.get('num_classes'), int):
+                found.append(node['num_classes'])
+            for value in node.values():
+                search(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                search(value)
+
+    search(model_cfg)
+    return min(found) if found else 80
+
+
 def synthetic_batch(batch_size: int, height: int, width: int,
-                    with_masks: bool, seed: int = 0) -> dict:
+                    with_masks: bool, classes: int = 80,
+                    seed: int = 0) -> dict:
     """A batch as MMDetection's data loaders give it: uint8 CHW images on
-    the CPU and ``DetDataSample`` s with 8 boxes (and masks) each."""
+    the CPU and ``DetDataSample`` s with 8 boxes (and masks) each, of
+    ``classes`` classes."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
@@ -168,7 +189,7 @@ def synthetic_batch(batch_size: int, height: int, width: int,
         boxes = torch.cat([top_left, top_left + extent], 1)
         instances = InstanceData(
             bboxes=boxes,
-            labels=torch.randint(0, 80, (8, ), generator=generator))
+            labels=torch.randint(0, classes, (8, ), generator=generator))
         if with_masks:
             masks = torch.zeros(8, height, width, dtype=torch.uint8)
             for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
@@ -225,9 +246,11 @@ class DetectorSteps:
                                                  cfg.optim_wrapper)
         self.schedulers = iteration_schedulers(cfg, self.optim_wrapper)
         with_masks = bool(cfg.model.get('roi_head', {}).get('mask_head'))
+        classes = num_classes(cfg.model)
         self.train_data = synthetic_batch(batch_size, *image_shape,
-                                          with_masks, seed)
-        self.test_data = synthetic_batch(1, *image_shape, False, seed + 1)
+                                          with_masks, classes, seed)
+        self.test_data = synthetic_batch(1, *image_shape, False, classes,
+                                         seed + 1)
         self.losses: List[Dict[str, float]] = []
         self._mode: Optional[str] = None
 
@@ -362,7 +385,10 @@ def benchmark_backbones(models: Sequence[Tuple[str, Sequence[str]]],
         torch.manual_seed(0)
         backbone = MODELS.build(cfg.model.backbone)
         backbone.init_weights()
-        backbone = backbone.to(device, memory_format=memory_format).eval()
+        backbone = backbone.to(device).eval()
+        for module in backbone.modules():  # 4-d weights (not weight banks)
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=memory_format)
         x = torch.randn(batch_size, 3, *image_shape, device=device).to(
             memory_format=memory_format)
 

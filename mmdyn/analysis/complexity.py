@@ -11,7 +11,6 @@ output element) and the mean pooling, so that the whole attention branch is
 included. The same handles apply to static models, where they add almost
 nothing (an element-wise product is rare outside attention).
 """
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
@@ -49,39 +48,21 @@ def count_flops(model: nn.Module, inputs: Tuple[Tensor, ...]) -> FlopAnalyzer:
     ``.by_module()`` splits it by submodule.
 
     The count is that of the authors' formulation, which the papers' MAdds
-    describe: ODConv's channel and filter attentions applied to the
-    activations, DCD's static conv and low-rank residual apart. (Where
-    mmdyn folds them into per-sample kernels at run time, it computes the
-    same with fewer MAdds.) The trace runs without autograd, as inference
-    does: with gradients the attention pooling is a sum and a scaling
-    instead of a mean (see :func:`mmdyn.layers.functional.global_avg_pool`).
+    describe and the layers' PyTorch operations compute on a CPU: ODConv's
+    channel and filter attentions applied to the activations, DCD's static
+    conv and low-rank residual apart. (Where mmdyn's fused ops fold them
+    into per-sample weights on a GPU, they compute the same with fewer
+    MAdds.) The trace runs on the CPU without autograd, as inference does:
+    with gradients the attention pooling is a sum and a scaling instead of
+    a mean (see :func:`mmdyn.layers.functional.global_avg_pool`).
     """
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle(**DYNAMIC_CONV_FLOP_HANDLES)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    with _unfolded(model), torch.no_grad():
+    with torch.no_grad():
         analyzer.total()  # traces now; the analyzer keeps what it found
     return analyzer
-
-
-@contextmanager
-def _unfolded(model: nn.Module):
-    layers = [m for m in model.modules() if hasattr(m, 'fold_attentions')]
-    saved = [m.__dict__.get('fold_attentions', _UNSET) for m in layers]
-    for layer in layers:
-        layer.fold_attentions = False
-    try:
-        yield
-    finally:
-        for layer, value in zip(layers, saved):
-            if value is _UNSET:
-                del layer.fold_attentions
-            else:
-                layer.fold_attentions = value
-
-
-_UNSET = object()
 
 
 class _TwoStageTensorForward(nn.Module):
