@@ -25,6 +25,11 @@ CHECKED_VERSIONS = dict(torch='2.6 to 2.13', numpy='1.26 and 2.0 to 2.4',
 
 # ------------------------------------------------------------------ torch
 
+#: the base of BatchNorm1d/2d/3d and SyncBatchNorm (private to torch, and
+#: what MMCV and MMDetection test against too; checked: torch 2.6-2.13)
+from torch.nn.modules.batchnorm import _BatchNorm as BatchNormBase  # noqa
+
+
 #: ``nn.Module`` attributes holding a module's own hooks (torch >= 2.0)
 _MODULE_HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks',
                       '_backward_hooks', '_backward_pre_hooks')

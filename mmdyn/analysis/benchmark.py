@@ -116,14 +116,15 @@ def parse_overrides(items: Sequence[str]) -> dict:
     """``['a.b=1', 'c=[1,2]']`` -> ``{'a.b': 1, 'c': [1, 2]}``, parsed as
     MMEngine's ``--cfg-options`` parses them."""
     from mmengine.config import DictAction
-    options = {}
     for item in items:
         if '=' not in item:
             raise ValueError(f'{item!r} is not KEY=VALUE (a config override, '
                              'as --cfg-options takes)')
-        key, value = item.split('=', 1)
-        options[key] = DictAction._parse_iterable(value)
-    return options
+    if not items:
+        return {}
+    parser = argparse.ArgumentParser()
+    parser.add_argument('options', nargs='+', action=DictAction)
+    return parser.parse_args(list(items)).options
 
 
 def load_config(path: str, overrides: Optional[dict] = None):

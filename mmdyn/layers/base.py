@@ -5,7 +5,6 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from .functional import per_sample_conv2d
 
@@ -14,7 +13,8 @@ IntOrPair = Union[int, Tuple[int, int]]
 
 def _check_positive_pair(layer: str, name: str, value: IntOrPair,
                          minimum: int) -> Tuple[int, int]:
-    pair = _pair(value)
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, )
+    pair = pair * 2 if len(pair) == 1 else pair
     if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum
                                  for v in pair):
         raise ValueError(

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import SyncBatchNorm, _BatchNorm
 
+from .._compat import BatchNormBase
 from ..ops import odconv_weights as fused
 from .base import BaseDynamicConv2d, IntOrPair, attention_width
 from .functional import (attention_branch, global_avg_pool, mix_weights,
@@ -65,8 +65,8 @@ class ODConvAttention(nn.Module):
     @attention_branch
     def forward(self, x: Tensor, temperature: float) -> ODAttentions:
         if (self.bn.training and x.shape[0] == 1
-                and isinstance(self.bn, _BatchNorm)
-                and not isinstance(self.bn, SyncBatchNorm)):
+                and isinstance(self.bn, BatchNormBase)
+                and not isinstance(self.bn, nn.SyncBatchNorm)):
             raise ValueError(
                 'ODConv2d: the BatchNorm of the attention branch cannot train '
                 'on one image per GPU (its input is one pooled vector per '

@@ -24,8 +24,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._compat import BatchNormBase
 from .dispatch import may_fuse
 from .triton_utils import accumulator, cdiv, next_pow2
 
@@ -253,7 +253,7 @@ def applies(layer, x: Tensor) -> bool:
     the layer is dense, pools to 1x1 and has a branch the kernels take."""
     bn1, bn2 = layer.bn1, layer.bn2
     return (layer.groups == 1 and layer.pool_size == 1
-            and all(isinstance(bn, _BatchNorm) and not bn.training
+            and all(isinstance(bn, BatchNormBase) and not bn.training
                     and bn.running_var is not None for bn in (bn1, bn2))
             and (bn1.weight is None) == (bn2.weight is None)
             and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS

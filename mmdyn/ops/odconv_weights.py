@@ -23,8 +23,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._compat import BatchNormBase
 from .dispatch import may_fuse
 from .triton_utils import accumulator, cdiv, next_pow2
 
@@ -213,7 +213,7 @@ def applies(layer, x: Tensor) -> bool:
     depthwise with an attention branch and a bank the kernels take."""
     att = layer.attention
     bn = att.bn
-    return (isinstance(bn, _BatchNorm) and not bn.training
+    return (isinstance(bn, BatchNormBase) and not bn.training
             and bn.running_mean is not None
             and (layer.groups == 1 or layer.is_depthwise)
             and att.fc.out_channels <= MAX_ATTENTION_CHANNELS
