@@ -201,8 +201,24 @@ class DCDConv2d(BaseDynamicConv2d):
     def forward(self, x: Tensor) -> Tensor:
         if fused.applies(self, x):
             return self.per_sample(x, *fused.dcd_weights(self, x))
-        # Eq. 4 on the activations: the static conv's output scaled by
-        # Lambda(x), plus the residual through the latent space
+        return self._decomposed(x)
+
+    def forward_split_bias(
+            self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """``forward(x)`` as ``(out, bias)``, ``forward(x) == out +
+        bias[:, :, None, None]``: where the fused op folds the layer into
+        per-sample weights, their per-sample bias (B, out) is left to the
+        caller, which can add it in a pass it makes anyway (the BatchNorm
+        after the conv, :func:`mmdyn.ops.conv_norm.conv_then_norm`);
+        elsewhere ``bias`` is None."""
+        if fused.applies(self, x):
+            weight, bias = fused.dcd_weights(self, x)
+            return self.per_sample(x, weight), bias
+        return self._decomposed(x), None
+
+    def _decomposed(self, x: Tensor) -> Tensor:
+        """Eq. 4 on the activations: the static conv's output scaled by
+        Lambda(x), plus the residual through the latent space."""
         dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()

@@ -2,11 +2,13 @@
 backward (Triton kernels inside autograd Functions), and the one dispatch
 that decides where they may run (:mod:`mmdyn.ops.dispatch`).
 
-Each op is a module with ``applies(layer, x)`` and the computation itself:
-:mod:`.odconv_weights` (ODConv's attentions and per-sample weights) and
-:mod:`.dcd_weights` (DCD's per-sample weights and biases). The layers in
-:mod:`mmdyn.layers` call them; their own PyTorch operations compute the
-same, and the tests hold both to the papers' reference formulation.
+Each op is a module with an ``applies`` function and the computation
+itself: :mod:`.odconv_weights` (ODConv's attentions and per-sample weights),
+:mod:`.dcd_weights` (DCD's per-sample weights and biases) and
+:mod:`.conv_norm` (those biases added by the eval-mode BatchNorm after the
+conv). The layers in :mod:`mmdyn.layers` and the backbones' blocks call
+them; the layers' own PyTorch operations compute the same, and the tests
+hold both to the papers' reference formulation.
 """
 from .dispatch import (MODES, fused_ops, fused_ops_mode, may_fuse,
                        set_fused_ops, tracing_or_compiling)

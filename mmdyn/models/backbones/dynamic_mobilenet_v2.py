@@ -1,12 +1,14 @@
 """MobileNetV2 backbones whose convolutions are dynamic."""
 from typing import Optional, Sequence, Union
 
+import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer
 from mmdet.models.backbones import MobileNetV2
 from mmdet.models.layers import InvertedResidual
-from torch import nn
+from torch import Tensor, nn
 
 from ...registry import register_model
+from .blocks import conv_module_forward
 from .pretrained import CheckedPretrainedMixin
 from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
@@ -30,7 +32,8 @@ class DynamicInvertedResidual(InvertedResidual):
     """MMDetection's ``InvertedResidual`` (the same ConvModules and names:
     ``expand_conv``, ``depthwise_conv``, ``linear_conv``) whose three convs
     each have their own config, as DCD's MobileNetV2 needs (dynamic 1x1
-    convs, static depthwise ones).
+    convs, static depthwise ones), and hand a dynamic conv's per-sample bias
+    to the norm after it (:func:`.blocks.conv_module_forward`).
 
     Args:
         conv_cfgs (dict): Conv config per role (``'expand'``,
@@ -49,6 +52,19 @@ class DynamicInvertedResidual(InvertedResidual):
             make_dynamic(self.expand_conv, conv_cfgs['expand'])
         make_dynamic(self.depthwise_conv, conv_cfgs['depthwise'])
         make_dynamic(self.linear_conv, conv_cfgs['project'])
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        def inner_forward(x):
+            out = conv_module_forward(self.expand_conv, x) \
+                if self.with_expand_conv else x
+            out = conv_module_forward(self.depthwise_conv, out)
+            out = conv_module_forward(self.linear_conv, out)
+            return x + out if self.with_res_shortcut else out
+
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(inner_forward, x, use_reentrant=False)
+        return inner_forward(x)
 
 
 @register_model

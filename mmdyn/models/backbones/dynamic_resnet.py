@@ -6,14 +6,17 @@ from mmdet.models.backbones import ResNet
 from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
+from .blocks import DYNAMIC_BLOCKS
 from .pretrained import CheckedPretrainedMixin
 from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 
 class _BlockFactory:
     """Stands in for a block class in mmdet's ``ResLayer``: builds the i-th
-    block with the dynamic conv config if ``dynamic[i]``, else with the
-    static one that ``ResLayer`` also gives the downsample shortcut."""
+    block with the dynamic conv config if ``dynamic[i]`` (as the block that
+    hands its convs' per-sample biases to its norms, :mod:`.blocks`), else
+    with the static one that ``ResLayer`` also gives the downsample
+    shortcut."""
 
     def __init__(self, block, dynamic, dynamic_conv_cfg):
         self.block = block
@@ -24,6 +27,7 @@ class _BlockFactory:
     def __call__(self, **kwargs):
         if self.dynamic.pop(0):
             kwargs['conv_cfg'] = self.dynamic_conv_cfg
+            return DYNAMIC_BLOCKS.get(self.block, self.block)(**kwargs)
         return self.block(**kwargs)
 
 

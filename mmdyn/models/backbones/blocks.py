@@ -1,0 +1,78 @@
+"""MMDetection's ResNet blocks and mmcv's ConvModule with each conv and the
+norm after it applied by :func:`mmdyn.ops.conv_norm.conv_then_norm`: a
+dynamic conv's per-sample bias (DCD, where its fused op folds it) is then
+added by the eval-mode BatchNorm, in the pass that the norm makes anyway.
+The layers, names and arguments are MMDetection's; with any other conv or
+norm they compute exactly what MMDetection's blocks do."""
+import torch.utils.checkpoint as cp
+from mmcv.cnn import ConvModule
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
+from torch import Tensor
+
+from ..._compat import has_hooks
+from ...ops.conv_norm import conv_then_norm
+
+
+def _checkpointed(block, inner_forward, x: Tensor) -> Tensor:
+    if block.with_cp and x.requires_grad:
+        return cp.checkpoint(inner_forward, x, use_reentrant=False)
+    return inner_forward(x)
+
+
+class DynamicBasicBlock(BasicBlock):
+    """:class:`mmdet.models.backbones.resnet.BasicBlock` whose convs hand
+    their per-sample bias to the norm after them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        def inner_forward(x):
+            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
+            out = conv_then_norm(self.conv2, self.norm2, out)
+            identity = x if self.downsample is None else self.downsample(x)
+            return out + identity
+
+        return self.relu(_checkpointed(self, inner_forward, x))
+
+
+class DynamicBottleneck(Bottleneck):
+    """:class:`mmdet.models.backbones.resnet.Bottleneck` (plugins
+    included) whose convs hand their per-sample bias to the norm after
+    them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        def inner_forward(x):
+            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv1_plugin_names)
+            out = self.relu(conv_then_norm(self.conv2, self.norm2, out))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = conv_then_norm(self.conv3, self.norm3, out)
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv3_plugin_names)
+            identity = x if self.downsample is None else self.downsample(x)
+            return out + identity
+
+        return self.relu(_checkpointed(self, inner_forward, x))
+
+
+#: MMDetection's block -> the one that hands biases to its norms
+DYNAMIC_BLOCKS = {BasicBlock: DynamicBasicBlock, Bottleneck: DynamicBottleneck}
+
+
+def conv_module_forward(module: ConvModule, x: Tensor) -> Tensor:
+    """``module(x)`` for mmcv's ConvModule, with the conv's per-sample bias
+    handed to the norm where they come in that order (and without explicit
+    padding, mmcv's ``efficient_conv_bn_eval`` or hooks, which only
+    ``module(x)`` runs)."""
+    if has_hooks([module]) or not (
+            module.with_norm and not module.with_explicit_padding
+            and tuple(module.order[:2]) == ('conv', 'norm')
+            and getattr(module, 'efficient_conv_bn_eval_forward',
+                        None) is None):
+        return module(x)
+    out = conv_then_norm(module.conv, module.norm, x)
+    if module.with_activation and module.order[2] == 'act':
+        out = module.activate(out)
+    return out
