@@ -110,6 +110,7 @@ def test_recorder_needs_a_dynamic_model():
         AttentionRecorder(torch.nn.Conv2d(3, 3, 3))
 
 
+@pytest.mark.slow
 def test_tool_on_a_demo_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the demo dataset goes to ./data/
     options = [

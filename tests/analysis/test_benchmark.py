@@ -19,6 +19,7 @@ QUICK = ['--shape', '64', '64', '--warmup', '0', '--reps', '2',
          '--device', 'cpu']
 
 
+@pytest.mark.slow
 def test_detectors_end_to_end(tmp_path):
     out = tmp_path / 'result.json'
     rows = benchmark.main([
@@ -142,6 +143,7 @@ def test_argument_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_tool_and_the_module_run_by_path():
     """tools/analysis_tools/benchmark.py is the module's command line; the
     module itself also runs by its path (how an older checkout of mmdyn is

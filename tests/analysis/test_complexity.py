@@ -74,6 +74,7 @@ def test_dynamic_layers_cost_more_than_their_convolution():
     assert dcd['bmm'] > 0 and dcd['mul'] >= OUT * PIXELS
 
 
+@pytest.mark.slow
 def test_complexity_table_tool(tmp_path, capsys):
     configs = [
         osp.join(REPO, 'configs', 'odconv',

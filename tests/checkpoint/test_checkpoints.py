@@ -112,6 +112,7 @@ def build(cfg, checkpoint=None):
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', OFFICIAL)
 def test_official_checkpoint_loads_exactly_and_survives_conversion(
         name, tmp_path):

@@ -60,6 +60,7 @@ def mmdet2_checkpoint(config, backbone_keys):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config,keys', [
     ('odconv/mask-rcnn_mobilenetv2-odconv-4x_fpn_1x_coco.py',
      lambda: official_state_dict('odconv4x_mobilenetv2_100')),

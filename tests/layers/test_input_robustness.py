@@ -90,6 +90,7 @@ def test_strided_and_channels_last_images(name):
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_very_large_image():
     """A 2000 x 3000 image (MMDetection resizes COCO to at most 1333 x
     800) through a dynamic backbone, in float16 too: the pooled means are

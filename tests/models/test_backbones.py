@@ -168,6 +168,7 @@ def test_frozen_stages_freeze_attention_branches(cfg, frozen_prefixes,
             assert not module.training, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', RESNETS + MOBILENETS)
 def test_with_cp_gives_the_same_gradients(name):
     extra = dict(depth=18) if 'ResNet' in name else dict(widen_factor=0.5)

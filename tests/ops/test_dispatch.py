@@ -97,6 +97,7 @@ def test_modes_and_their_errors():
     assert fused_ops_mode() == 'auto'
 
 
+@pytest.mark.slow
 def test_the_environment_sets_the_mode_a_process_starts_in():
     code = 'import mmdyn.ops as o; print(o.fused_ops_mode())'
     for value, expected in (('off', 'off'), ('always', 'always')):

@@ -76,6 +76,7 @@ def test_off_on_a_cpu_in_the_default_mode():
     assert not fused.applies(_layer(), _input())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('kernel_num', [1, 4])
 def test_many_tiles_match_the_reference(kernel_num, device, monkeypatch):

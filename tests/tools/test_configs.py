@@ -138,6 +138,7 @@ def test_config_builds_and_its_backbone_feeds_the_fpn(name):
     assert model.roi_head.with_mask == osp.basename(name).startswith('mask')
 
 
+@pytest.mark.slow
 def test_missing_pretrained_file_stops_training_at_once(tmp_path):
     name = osp.join(REPO, 'configs', 'odconv',
                     'faster-rcnn_r50-odconv-4x_fpn_1x_coco.py')

@@ -85,6 +85,7 @@ def test_prepare_demo_dataset_generates_once_and_keeps_user_folders(
     assert not (tmp_path / 'elsewhere').exists()
 
 
+@pytest.mark.slow
 def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):
     """Four iterations straight through, and the same run resumed at
     iteration 2 in another work dir, end with identical weights."""
@@ -109,6 +110,7 @@ def test_train_resume_and_test_mask_rcnn_on_cpu(tmp_path):
     assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
 
 
+@pytest.mark.slow
 def test_train_and_test_faster_rcnn_on_cpu(tmp_path):
     work = str(tmp_path / 'work')
     quick = [o for o in QUICK if not o.startswith('train_cfg.max_iters')]

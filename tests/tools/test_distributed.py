@@ -1,14 +1,17 @@
 """tools/dist_train.sh and tools/dist_test.sh with two processes on a CPU
 (gloo): MMEngine's DistributedDataParallel, without
 find_unused_parameters, trains an ODConv ResNet-50 Faster R-CNN on the demo
-data and evaluates it. (The same on two GPUs: README, "Several GPUs".)"""
+data and evaluates it. (The same on two GPUs: docs/multi_gpu.md.)"""
 import os
 import os.path as osp
 import socket
 import subprocess
 import sys
 
-from test_demo_pipeline import QUICK, REPO
+import pytest
+
+from conftest import REPO
+from test_demo_pipeline import QUICK
 
 R50 = osp.join(REPO, 'configs', 'demo',
                'faster-rcnn_r50-odconv-1x_fpn_demo-shapes.py')
@@ -23,6 +26,7 @@ def free_port():
 # MMEngine's pytorch launcher calls torch.cuda.set_device(LOCAL_RANK) and
 # wraps the model with device_ids=[LOCAL_RANK]; neither exists on a CPU
 CPU_STANDS_IN = """
+import pytest
 import torch
 if not torch.cuda.is_available():
     torch.cuda.set_device = lambda device: None
@@ -46,6 +50,7 @@ def run_script(script, *args, cwd):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_training_and_testing(tmp_path):
     work = str(tmp_path / 'work')
     options = ['--cfg-options', *CPU_OPTIONS, *QUICK,
@@ -102,6 +107,7 @@ def test_slurm_scripts_start_one_task_per_gpu(tmp_path):
         '--launcher=slurm', '--out', 'r.pkl']
 
 
+@pytest.mark.slow
 def test_tools_destroy_the_process_group_after_a_run():
     import torch.distributed as dist
     from mmdyn.engine import distributed_shut_down_at_exit
