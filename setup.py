@@ -21,7 +21,7 @@ setup(
                           encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmdyn', 'mmdyn.*']),
-    python_requires='>=3.8',
+    python_requires='>=3.10',  # torch 2.13's own requirement
     install_requires=[
         'torch>=2.6',
         'numpy',
@@ -37,5 +37,6 @@ setup(
     ],
     extras_require={'tests': ['pytest']},
     license='Apache License 2.0',
+    license_files=['LICENSE'],
     zip_safe=False,
 )

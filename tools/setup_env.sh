@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up mmdyn on a fresh machine with Python >= 3.8 and no GPU: PyTorch
+# Sets up mmdyn on a fresh machine with Python >= 3.10 and no GPU: PyTorch
 # (CPU), mmcv 2.1.0 built from source with its compiled ops, Triton,
 # mmengine, mmdet, pycocotools and mmdyn itself (editable, with the test
 # extras).
@@ -31,6 +31,7 @@ else
     # against (no build isolation); setup.py then asks for the setuptools
     # that torch and mmengine need at run time.
     step "building mmcv 2.1.0 with ops from source (about 10 minutes on 2 cores; reused from pip's cache next time)"
+    step "pip may now report that torch needs setuptools >= 77: expected, the last step installs it"
     pip_install "setuptools<70" wheel numpy ninja
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation mmcv==2.1.0
     "$PY" -c 'import mmcv, mmcv._ext' || { echo "mmcv was installed without its compiled ops" >&2; exit 1; }

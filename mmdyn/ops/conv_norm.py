@@ -8,9 +8,9 @@ the conv is an affine map per channel, ``bn(v) = a * v + c``, so
 
     ``bn(out + b) = a * out + (a * b + c)``
 
-is one pass over ``out``, the one a static conv's BatchNorm makes. On the
-graphed Faster R-CNN R50-FPN this saved more than 3% of DCD's inference
-step (``docs/speed.md``). Autograd differentiates the affine form: the
+is one pass over ``out``, the one a static conv's BatchNorm makes (the
+measurement that kept it: ``docs/speed.md``). Autograd differentiates the
+affine form: the
 gradients reach ``out``, the bias and the BatchNorm's weight and bias as
 they would through ``norm(conv(x))``.
 """
