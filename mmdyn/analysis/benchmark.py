@@ -300,14 +300,24 @@ def _graph_stats(model) -> Optional[dict]:
     return None if stats is None else dict(stats)
 
 
+def _configs(models: Sequence[Tuple[str, Sequence[str]]],
+             cfg_options: Optional[dict]):
+    """Each model's config (see :func:`load_config`) and the start of its
+    result row."""
+    for path, overrides in models:
+        cfg = load_config(path, {**(cfg_options or {}),
+                                 **parse_overrides(overrides)})
+        yield cfg, dict(label=model_label(path, overrides), config=path,
+                        overrides=list(overrides))
+
+
 def benchmark_detectors(models: Sequence[Tuple[str, Sequence[str]]],
                         device: torch.device,
                         batch_size: int = 2,
                         image_shape: Tuple[int, int] = (800, 1333),
                         warmup: int = 5,
                         reps: int = 20,
-                        cfg_options: Optional[dict] = None,
-                        wrap: Optional[Callable] = None) -> List[dict]:
+                        cfg_options: Optional[dict] = None) -> List[dict]:
     """Time the training step and the inference of each detector.
 
     Args:
@@ -315,32 +325,24 @@ def benchmark_detectors(models: Sequence[Tuple[str, Sequence[str]]],
             ``KEY=VALUE`` strings; the first is the reference of the
             ratios.
         cfg_options (dict, optional): Overrides for every model.
-        wrap (callable, optional): ``wrap(index, fn)`` returns what to call
-            instead of model ``index``'s step ``fn`` (for experiments that
-            must do something around each step; None: the steps as they
-            are).
 
     Returns:
         list[dict]: One row per model: its label, the training step's and
         the inference's :func:`summarize` d times, peak memory, ratios to
         the first model and whether every loss was finite.
     """
-    wrap = wrap or (lambda index, fn: fn)
     _quiet_logger()
     steps, rows = [], []
-    for path, overrides in models:
-        cfg = load_config(path, {**(cfg_options or {}),
-                                 **parse_overrides(overrides)})
+    for cfg, row in _configs(models, cfg_options):
         # as MMEngine's Runner sets it up from the (first) config
         if not steps and device.type == 'cuda':
             torch.backends.cudnn.benchmark = bool(
                 cfg.get('env_cfg', {}).get('cudnn_benchmark', False))
         steps.append(DetectorSteps(cfg, device, batch_size, image_shape))
-        rows.append(dict(label=model_label(path, overrides), config=path,
-                         overrides=list(overrides)))
-        print(f'built {rows[-1]["label"]}', file=sys.stderr)
-    trains = [wrap(i, s.train_step) for i, s in enumerate(steps)]
-    tests = [wrap(i, s.test_step) for i, s in enumerate(steps)]
+        rows.append(row)
+        print(f'built {row["label"]}', file=sys.stderr)
+    trains = [s.train_step for s in steps]
+    tests = [s.test_step for s in steps]
     train_times = time_in_turns(trains, device, warmup, reps)
     for row, step, train, times in zip(rows, steps, trains, train_times):
         row.update(train=times, train_mem_mib=peak_memory_mib(train, device),
@@ -379,9 +381,7 @@ def benchmark_backbones(models: Sequence[Tuple[str, Sequence[str]]],
     memory_format = torch.channels_last if channels_last else \
         torch.contiguous_format
     calls, rows = [], []
-    for path, overrides in models:
-        cfg = load_config(path, {**(cfg_options or {}),
-                                 **parse_overrides(overrides)})
+    for cfg, row in _configs(models, cfg_options):
         init_default_scope(cfg.get('default_scope', 'mmdet'))
         torch.manual_seed(0)
         backbone = MODELS.build(cfg.model.backbone)
@@ -400,8 +400,7 @@ def benchmark_backbones(models: Sequence[Tuple[str, Sequence[str]]],
                 backbone(x)
 
         calls.append(infer)
-        rows.append(dict(label=model_label(path, overrides), config=path,
-                         overrides=list(overrides)))
+        rows.append(row)
     for row, times in zip(rows, time_in_turns(calls, device, warmup, reps)):
         row.update(infer=times,
                    images_per_s=batch_size / times['median_ms'] * 1e3)
