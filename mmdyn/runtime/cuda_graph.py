@@ -41,6 +41,7 @@ call :meth:`CUDAGraphForward.clear`.
 import contextlib
 import gc
 import math
+import operator
 import warnings
 import weakref
 from collections import Counter, OrderedDict
@@ -61,7 +62,15 @@ Outputs = Union[Tensor, Tuple[Tensor, ...], List[Tensor]]
 #: ``capture_error_mode`` of the captures
 CAPTURE_ERROR_MODE = 'thread_local'
 #: the types of the Python values on a layer that key its graphs
-_PLAIN = (bool, int, float, str, tuple, type(None))
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain(value) -> bool:
+    """A Python value a forward may branch on: a scalar, a string, None or
+    a tuple of them (tensors, modules and containers are not)."""
+    if type(value) is tuple:
+        return all(type(v) in _PLAIN for v in value)
+    return type(value) in _PLAIN
 
 
 def bucket_shape(height: int, width: int,
@@ -138,7 +147,9 @@ class _Structure:
     def __init__(self, root: nn.Module) -> None:
         self.modules = list(root.modules())
         self.params = list(root.parameters())
-        self.dynamic_layers = [m for m in self.modules
+        # the dynamic layers' plain Python values (temperature, settings):
+        # their names are read here, again when a layer gains an attribute
+        self.layer_settings = [_settings(vars(m)) for m in self.modules
                                if isinstance(m, BaseDynamicConv2d)]
         self.sync_batch_norms = [m for m in self.modules
                                  if isinstance(m, nn.SyncBatchNorm)]
@@ -156,12 +167,20 @@ class _Structure:
 
     def layer_values(self) -> tuple:
         """The Python values stored on the dynamic layers (temperature and
-        whatever else their forward may read): a value that changes makes
-        a new state, whichever it is."""
-        return tuple([
-            tuple([v for v in vars(m).values() if type(v) in _PLAIN])
-            for m in self.dynamic_layers
-        ])
+        whatever else their forward may read): a value that changes, or a
+        new one, makes a new state, whichever it is."""
+        settings = self.layer_settings
+        for i, (values, _, size) in enumerate(settings):
+            if len(values) != size:
+                settings[i] = _settings(values)
+        return tuple([get(values) for values, get, _ in settings])
+
+
+def _settings(values: dict) -> tuple:
+    """(a layer's ``vars``, a getter of its plain values, how many
+    attributes it had)."""
+    names = [name for name, value in values.items() if _plain(value)]
+    return values, operator.itemgetter(*names), len(values)
 
 
 class _PendingBackward:
