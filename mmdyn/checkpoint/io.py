@@ -131,11 +131,83 @@ def load_checkpoint_file(filename: str, map_location='cpu'):
         if type_name:
             raise CheckpointError(refusal_message(filename,
                                                   type_name)) from None
-        first_line = str(error).strip().splitlines()[0][:200] if str(
-            error).strip() else ''
-        raise CheckpointError(
-            f'{filename} is not a readable PyTorch checkpoint (truncated or '
-            f'corrupt?): {type(error).__name__}: {first_line}') from None
+        raise CheckpointError(unreadable_message(filename)) from None
+
+
+#: how many bytes of a file :func:`unreadable_message` looks at
+_HEAD = 4096
+
+
+def unreadable_message(filename: str) -> str:
+    """Why ``filename``, which ``torch.load`` could not read, is no
+    checkpoint, told from the file itself (PyTorch's own message for such
+    files is about weights-only loading, which is not the problem)."""
+    size = osp.getsize(filename)
+    if size == 0:
+        return (f'{filename} is empty (0 bytes), not a PyTorch checkpoint: '
+                f'was it saved or downloaded completely?')
+    with open(filename, 'rb') as f:
+        head = f.read(_HEAD)
+    if head.startswith(b'PK'):
+        return _zip_message(filename)
+    if head.startswith(b'\x80') and len(head) > 1 and head[1] <= 5:
+        return (f'{filename} is a pickle (the format of old PyTorch '
+                f'checkpoints) that could not be read to its end: '
+                f'truncated or corrupt ({size} bytes). Was it saved or '
+                f'downloaded completely?')
+    text = _as_text(head)
+    if text is not None:
+        kind = 'an HTML page (a download that returned a web page?)' \
+            if text.lstrip().lower().startswith(('<!doctype html', '<html')) \
+            else 'a text file'
+        first = text.strip().splitlines()[0][:60] if text.strip() else ''
+        return (f'{filename} is {kind}, not a PyTorch checkpoint; it begins '
+                f'{first!r}.')
+    return (f'{filename} is not a PyTorch checkpoint: neither the zip '
+            f'archive that torch.save writes nor a pickle (it begins with '
+            f'the bytes {head[:8].hex(" ")}).')
+
+
+def _zip_message(filename: str) -> str:
+    """What a file that starts as a zip archive is, for
+    :func:`unreadable_message`."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            names = archive.namelist()
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return (f'{filename} is a truncated PyTorch checkpoint: its zip '
+                f'archive ends before its index. Was it saved or downloaded '
+                f'completely?')
+    if not any(name.endswith('/data.pkl') or name == 'data.pkl'
+               for name in names):
+        listed = ', '.join(names[:5]) + (', ...' if len(names) > 5 else '')
+        return (f'{filename} is a zip archive without a data.pkl, not a '
+                f'PyTorch checkpoint; it holds {listed or "nothing"}.')
+    if damaged is not None:
+        return (f'{filename} is a corrupt PyTorch checkpoint: {damaged} in '
+                f'its zip archive fails its checksum.')
+    return (f'{filename} is a PyTorch checkpoint (zip archive) that PyTorch '
+            f'could not read: corrupt, or written by an incompatible '
+            f'version.')
+
+
+def _as_text(head: bytes):
+    """``head`` as text if it reads as UTF-8 text without control
+    characters (but whitespace), else None."""
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        # a cut in the middle of a multi-byte character at the end
+        try:
+            text = head[:-3].decode('utf-8') if len(head) == _HEAD else None
+        except UnicodeDecodeError:
+            return None
+        if text is None:
+            return None
+    printable = sum(ch.isprintable() or ch in '\t\n\r' for ch in text)
+    return text if printable == len(text) else None
 
 
 def load_local_checkpoint(filename: str, map_location):

@@ -253,13 +253,13 @@ def test_unreadable_files_get_a_clear_error(tmp_path):
         load_backbone_checkpoint(model, str(tmp_path / 'absent.pth'))
     text = tmp_path / 'notes.pth'
     text.write_text('not a checkpoint')
-    with pytest.raises(CheckpointError, match='not a readable'):
+    with pytest.raises(CheckpointError, match='text file, not a PyTorch'):
         load_backbone_checkpoint(model, str(text))
     good = tmp_path / 'good.pth'
     torch.save(model.state_dict(), good)
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(good.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+    with pytest.raises(CheckpointError, match='truncated PyTorch checkpoint'):
         load_backbone_checkpoint(model, str(truncated))
     empty = tmp_path / 'empty.pth'
     torch.save({'state_dict': {}}, empty)
