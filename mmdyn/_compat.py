@@ -162,8 +162,49 @@ def _weights_only_download(loader: Callable) -> Callable:
     return load
 
 
+def _checked_runner_load(load_checkpoint: Callable) -> Callable:
+    """MMEngine's ``Runner.load_checkpoint`` (``load_from``, ``--resume``,
+    ``tools/test.py``) that first checks the checkpoint against the model
+    (:func:`mmdyn.checkpoint.strict.check_detector_checkpoint`), between
+    reading the file and loading it: through the Runner module's
+    ``_load_checkpoint_to_model`` (checked: mmengine 0.10.4-0.10.7)."""
+    from mmengine.runner import runner as runner_module
+
+    from .checkpoint.strict import (PARTIAL_LOAD_KEY,
+                                    check_detector_checkpoint)
+    if not callable(getattr(runner_module, '_load_checkpoint_to_model',
+                            None)):
+        raise RuntimeError(
+            'mmdyn: MMEngine\'s Runner no longer loads checkpoints through '
+            '_load_checkpoint_to_model; mmdyn was checked against mmengine '
+            f"{CHECKED_VERSIONS['mmengine']}")
+
+    @functools.wraps(load_checkpoint)
+    def load(self, filename, map_location='cpu', strict=False,
+             revise_keys=[(r'^module.', '')]):
+        to_model = runner_module._load_checkpoint_to_model
+        partial = bool(getattr(self, 'cfg', {}).get(PARTIAL_LOAD_KEY, False))
+
+        def checked(model, checkpoint, strict=False, logger=None,
+                    revise_keys=[(r'^module.', '')]):
+            check_detector_checkpoint(model, checkpoint, str(filename),
+                                      revise_keys, partial, self.logger)
+            return to_model(model, checkpoint, strict, logger, revise_keys)
+
+        runner_module._load_checkpoint_to_model = checked
+        try:
+            return load_checkpoint(self, filename, map_location, strict,
+                                   revise_keys)
+        finally:
+            runner_module._load_checkpoint_to_model = to_model
+
+    load.mmdyn_checked = True
+    return load
+
+
 def install_mmengine_integration() -> None:
     """Make every checkpoint MMEngine reads go through weights-only loading
+    and, for a Runner's model, a check of every key and shape
     (``docs/checkpoints.md``); idempotent.
 
     - the loader of local files (``load_from``, ``--resume``,
@@ -174,7 +215,12 @@ def install_mmengine_integration() -> None:
       checkpoint types allowed, and ``load_url`` (``torch.hub``'s, whose
       default is to unpickle in full) loads weights-only;
     - ``HistoryBuffer`` pickles without the methods that weights-only
-      loading refuses.
+      loading refuses;
+    - ``Runner.load_checkpoint`` checks the checkpoint against the model
+      before loading it, unless the config sets ``partial_load=True``
+      (:mod:`mmdyn.checkpoint.strict`);
+    - the Runner's checkpoints (``CheckpointHook``) are written whole or
+      not at all (:func:`mmdyn.checkpoint.io.save_checkpoint`).
 
     On an MMEngine outside :data:`CHECKED_VERSIONS` it warns and changes
     nothing: checkpoints then load as that MMEngine loads them.
@@ -193,7 +239,7 @@ def install_mmengine_integration() -> None:
             'are loaded as MMEngine loads them, not weights-only by mmdyn')
         _INSTALLED = True
         return
-    from .checkpoint.io import load_local_checkpoint
+    from .checkpoint.io import load_local_checkpoint, save_runner_checkpoint
     HistoryBuffer.__getstate__ = _history_buffer_state
     mmengine_checkpoint.load_url = functools.partial(
         torch.hub.load_state_dict_from_url, weights_only=True)
@@ -203,4 +249,12 @@ def install_mmengine_integration() -> None:
                 prefix, _weights_only_download(loader), force=True)
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint,
                                      force=True)
+    from mmengine.runner import Runner
+    from mmengine.runner import runner as runner_module
+    if not getattr(Runner.load_checkpoint, 'mmdyn_checked', False):
+        Runner.load_checkpoint = _checked_runner_load(Runner.load_checkpoint)
+    # Runner.save_checkpoint writes through its module's save_checkpoint
+    # (checked: mmengine 0.10.4-0.10.7)
+    if hasattr(runner_module, 'save_checkpoint'):
+        runner_module.save_checkpoint = save_runner_checkpoint
     _INSTALLED = True

@@ -3,8 +3,13 @@ imported.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
-        [--trust-checkpoint FILE]
+        [--partial-load] [--trust-checkpoint FILE]
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import os.path as osp
 
@@ -26,7 +31,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
-                           args.launcher)
+                           args.launcher, args.partial_load)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint

@@ -2,8 +2,14 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
         [--resume [CHECKPOINT]] [--cfg-options KEY=VALUE ...]
-        [--launcher {none,pytorch,slurm,mpi}] [--trust-checkpoint FILE]
+        [--launcher {none,pytorch,slurm,mpi}] [--partial-load]
+        [--trust-checkpoint FILE]
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 
 from mmengine.config import Config
@@ -32,7 +38,7 @@ def parse_args(argv=None):
 
 def build_train_config(args) -> Config:
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
-                           args.launcher)
+                           args.launcher, args.partial_load)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('AMP is already on in the config')

@@ -22,7 +22,10 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,  # trained from scratch: BatchNorm must learn
-        init_cfg=None),
+        # from scratch, but a Pretrained entry all the same, so that
+        # --cfg-options model.backbone.init_cfg.checkpoint=FILE starts from
+        # FILE as it does on the COCO configs
+        init_cfg=dict(type='Pretrained', checkpoint=None)),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
@@ -77,8 +80,7 @@ val_evaluator = dict(
     metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-# From scratch at batch 4, AdamW converges much faster than mmdet's SGD:
-# after 300 iterations on an H100, bbox mAP 0.57 (SGD lr 0.02: 0.34).
+# From scratch at batch 4, AdamW converges much faster than mmdet's SGD.
 max_iters = 300
 train_cfg = dict(
     _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
@@ -92,9 +94,11 @@ param_scheduler = [
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
+# one checkpoint, at the end (weights and AdamW's state: about 570 MB); a
+# log line every 5 iterations, within seconds on a CPU, in training and test
 default_hooks = dict(
-    checkpoint=dict(by_epoch=False, interval=100),
-    logger=dict(interval=25))
+    checkpoint=dict(by_epoch=False, interval=max_iters),
+    logger=dict(interval=5))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(base_batch_size=4)
 randomness = dict(seed=0)  # the same run on every machine of a kind

@@ -2,6 +2,7 @@
 import os
 import os.path as osp
 import re
+import shutil
 import warnings
 from collections import OrderedDict
 from typing import Dict, Iterable, Optional, Set
@@ -210,6 +211,20 @@ def _as_text(head: bytes):
     return text if printable == len(text) else None
 
 
+def save_runner_checkpoint(checkpoint: dict, filename: str,
+                           file_client_args=None, backend_args=None) -> None:
+    """MMEngine's ``save_checkpoint`` for its Runner (``CheckpointHook``)
+    once mmdyn is imported: local files through :func:`save_checkpoint`
+    (whole or not at all), anything else through MMEngine's own."""
+    if '://' in str(filename) or file_client_args or backend_args:
+        from mmengine.runner.checkpoint import \
+            save_checkpoint as mmengine_save
+        return mmengine_save(checkpoint, filename,
+                             file_client_args=file_client_args,
+                             backend_args=backend_args)
+    save_checkpoint(checkpoint, str(filename))
+
+
 def load_local_checkpoint(filename: str, map_location):
     """MMEngine's loader of local files (``load_from``, ``--resume``,
     ``tools/test.py``) once mmdyn is imported
@@ -246,9 +261,25 @@ def extract_state_dict(checkpoint, filename: str = 'checkpoint'
 
 
 def save_checkpoint(checkpoint: dict, filename: str) -> None:
-    """``torch.save`` to a temporary file renamed into place, so that an
-    interrupted run never leaves a half-written ``filename``."""
-    os.makedirs(osp.dirname(osp.abspath(filename)), exist_ok=True)
-    tmp = filename + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, filename)
+    """``torch.save`` to a temporary file in the same folder, renamed into
+    place once complete: ``filename`` is a whole checkpoint or is not
+    there, whatever stops the save (a full disk, a killed process). A
+    failed save removes its temporary file and raises an ``OSError`` that
+    names ``filename`` and the space left beside it."""
+    folder = osp.dirname(osp.abspath(filename))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(filename)}.{os.getpid()}.tmp')
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+    except BaseException as error:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        if not isinstance(error, OSError):
+            raise
+        free = shutil.disk_usage(folder).free / 2**20
+        raise OSError(
+            error.errno, f'could not save the checkpoint {filename} '
+            f'({error.strerror or error}); {free:.0f} MiB are free in '
+            f'{folder}. Nothing was written: the checkpoints saved before '
+            f'it are as they were.') from error

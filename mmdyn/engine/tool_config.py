@@ -42,13 +42,19 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
 def parse_runner_args(parser: argparse.ArgumentParser,
                       argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Add the options every runner tool shares (``--cfg-options``,
-    ``--launcher``, ``--local-rank``, ``--trust-checkpoint``), parse, and
-    export ``LOCAL_RANK`` for launchers that pass it as an option."""
+    ``--launcher``, ``--local-rank``, ``--partial-load``,
+    ``--trust-checkpoint``), parse, and export ``LOCAL_RANK`` for launchers
+    that pass it as an option."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        '--partial-load', action='store_true',
+        help='load a checkpoint that does not fit the model in part, on '
+        'purpose (e.g. another number of classes); the log lists what was '
+        'left unloaded (config key partial_load)')
     add_trust_argument(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -57,14 +63,18 @@ def parse_runner_args(parser: argparse.ArgumentParser,
 
 def load_tool_config(path: str, cfg_options: Optional[dict] = None,
                      work_dir: Optional[str] = None,
-                     launcher: str = 'none') -> Config:
+                     launcher: str = 'none',
+                     partial_load: bool = False) -> Config:
     """The config at ``path`` with ``--cfg-options`` merged, the launcher
-    set, and ``work_dir`` from the command line, the config, or
+    set, ``partial_load`` set if asked for (:mod:`mmdyn.checkpoint.strict`),
+    and ``work_dir`` from the command line, the config, or
     ``./work_dirs/<config name>``, in that order."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)
+    if partial_load:
+        cfg.partial_load = True
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:

@@ -206,3 +206,30 @@ def test_check_pretrained_files_only_stops_on_missing_local_files(tmp_path):
     # no static MobileNetV2 0.5x to fetch: say what to do without one
     assert '://' not in message and 'set model.backbone.init_cfg' \
         '.checkpoint to its path' in message
+
+
+def test_demo_backbone_init_cfg_takes_a_checkpoint_on_the_command_line(
+        tmp_path):
+    """The demo starts from scratch with MMDetection's default init, as with
+    init_cfg=None, and still takes --cfg-options
+    model.backbone.init_cfg.checkpoint=FILE as the COCO configs do."""
+    demo = osp.join(REPO, 'configs', 'demo',
+                    'faster-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
+    cfg = Config.fromfile(demo)
+    init_default_scope('mmdet')
+    built = []
+    for init_cfg in (cfg.model.backbone.init_cfg, None):
+        torch.manual_seed(0)
+        backbone = MODELS.build(dict(cfg.model.backbone, init_cfg=init_cfg))
+        backbone.init_weights()
+        built.append(backbone.state_dict())
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
+    path = tmp_path / 'r18.pth'
+    torch.manual_seed(1)
+    source = MODELS.build(dict(cfg.model.backbone, init_cfg=None))
+    torch.save({'state_dict': source.state_dict()}, path)
+    cfg.merge_from_dict({'model.backbone.init_cfg.checkpoint': str(path)})
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(backbone.state_dict()[key], value), key

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from test_demo_pipeline import QUICK
+from demo import QUICK
 
 R50 = osp.join(REPO, 'configs', 'demo',
                'faster-rcnn_r50-odconv-1x_fpn_demo-shapes.py')

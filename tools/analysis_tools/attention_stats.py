@@ -19,6 +19,11 @@ dynamic conv's attentions through forward hooks, and writes to DIR
 - PNG figures (see mmdyn.analysis.plot_attention_summary), in the spirit of
   the ODConv paper's Fig. 6.
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import csv
 import json

@@ -12,6 +12,11 @@ Each ``--model`` is a config and its overrides (as ``--cfg-options`` takes
 them); the first is the reference of the ratios. See
 :mod:`mmdyn.analysis.benchmark` and ``docs/speed.md``.
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 from mmdyn.analysis.benchmark import main
 
 if __name__ == '__main__':

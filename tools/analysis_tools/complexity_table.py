@@ -12,6 +12,11 @@ attention branches of dynamic convs (mmdyn.analysis), on one H x W image
 Parameters exclude the ImageNet classifier, which the paper's whole-detector
 counts include (2.05M for ResNet-50, 1.28M for MobileNetV2).
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import glob
 import json

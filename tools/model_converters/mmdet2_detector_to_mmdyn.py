@@ -15,6 +15,11 @@ from the authors' layout and its ImageNet classifier dropped; every other
 key must fit the config's detector exactly. The file is read with
 weights-only loading and never overwritten without ``--force``.
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import os.path as osp
 import sys

@@ -9,6 +9,11 @@ number) unless ``--backbone`` names it; every key is checked. The output
 holds the backbone's state dict, loadable with
 ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 """
+import warnings
+
+# MMEngine imports the deprecated pkg_resources: noise at every start
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import ast
 import os.path as osp

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ...registry import register_model
 from .blocks import conv_module_forward
-from .pretrained import CheckedPretrainedMixin
+from .pretrained import CheckedPretrainedMixin, without_empty_pretrained
 from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 #: the convs of an inverted residual block, and the last 1x1 conv
@@ -131,7 +131,7 @@ class DynamicMobileNetV2(CheckedPretrainedMixin, MobileNetV2):
         super().__init__(widen_factor, out_indices, frozen_stages,
                          norm_cfg=norm_cfg, act_cfg=act_cfg,
                          norm_eval=norm_eval, with_cp=with_cp,
-                         init_cfg=init_cfg)
+                         init_cfg=without_empty_pretrained(init_cfg))
         make_dynamic(self.conv2,
                      self._conv_cfg('last', self.num_blocks,
                                     self.conv2.conv.in_channels,

@@ -7,7 +7,7 @@ from mmdet.models.layers import ResLayer
 
 from ...registry import register_model
 from .blocks import DYNAMIC_BLOCKS
-from .pretrained import CheckedPretrainedMixin
+from .pretrained import CheckedPretrainedMixin, without_empty_pretrained
 from .utils import backbone_conv_cfg, check_stage_indices, setup_cuda_graph
 
 
@@ -91,6 +91,8 @@ class DynamicResNet(CheckedPretrainedMixin, ResNet):
                                          dict(type='BN', requires_grad=True)))
         self.num_dynamic_blocks = num_dynamic_blocks
         self.dynamic_shortcut = dynamic_shortcut
+        if 'init_cfg' in kwargs:
+            kwargs['init_cfg'] = without_empty_pretrained(kwargs['init_cfg'])
         super().__init__(depth, **kwargs)
         setup_cuda_graph(self, cuda_graph)
 

@@ -5,6 +5,21 @@ from mmengine.logging import MMLogger
 from ...checkpoint import load_backbone_checkpoint
 
 
+def without_empty_pretrained(init_cfg):
+    """``init_cfg`` without a ``Pretrained`` entry that names no checkpoint
+    (None if nothing is left). Such an entry means "from scratch" while
+    leaving the file to ``--cfg-options model.backbone.init_cfg.checkpoint``
+    (a key of None cannot be set); the backbone then gets the default
+    initialisation of MMDetection's, which it only chooses for
+    ``init_cfg=None``."""
+    cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+    kept = [c for c in cfgs if c and not (c.get('type') == 'Pretrained'
+                                          and c.get('checkpoint') is None)]
+    if len(kept) == len([c for c in cfgs if c]):
+        return init_cfg
+    return kept or None
+
+
 class CheckedPretrainedMixin:
     """Makes a backbone load its ``Pretrained`` init_cfg with
     :func:`mmdyn.checkpoint.load_backbone_checkpoint` instead of MMEngine's

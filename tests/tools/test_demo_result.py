@@ -1,0 +1,45 @@
+"""The README's demo figures are those of the code as it is: they come from
+docs/demo_result.json, which tools/misc/demo_result.py writes with a
+fingerprint of the code the demo runs."""
+import importlib.util
+import json
+import os.path as osp
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location(
+    'demo_result', osp.join(REPO, 'tools', 'misc', 'demo_result.py'))
+demo_result = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo_result)
+
+
+def _recorded():
+    with open(osp.join(REPO, 'docs', 'demo_result.json')) as f:
+        return json.load(f)
+
+
+def test_the_recorded_demo_ran_the_code_as_it_is():
+    assert _recorded()['code'] == demo_result.code_fingerprint(), (
+        'the demo\'s code changed since docs/demo_result.json was written: '
+        'run python3 tools/misc/demo_result.py on an idle machine and '
+        'update the README with what it prints')
+
+
+def test_the_readme_quotes_the_recorded_demo():
+    result = _recorded()
+    with open(osp.join(REPO, 'README.md')) as f:
+        readme = f.read()
+    assert demo_result.readme_lines(result) in readme
+    assert demo_result.readme_timing(result) in readme
+    assert f"{result['checkpoint_mb']} MB" in readme
+
+
+def test_the_fingerprint_follows_the_code(tmp_path):
+    import shutil
+    for part in ('mmdyn', 'configs/demo', 'tools'):
+        shutil.copytree(osp.join(REPO, part), tmp_path / part)
+    before = demo_result.code_fingerprint(str(tmp_path))
+    assert before == demo_result.code_fingerprint()
+    layer = tmp_path / 'mmdyn' / 'layers' / 'odconv.py'
+    layer.write_text(layer.read_text() + '\n# changed\n')
+    assert demo_result.code_fingerprint(str(tmp_path)) != before
