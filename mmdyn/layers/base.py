@@ -13,8 +13,10 @@ IntOrPair = Union[int, Tuple[int, int]]
 
 def _check_positive_pair(layer: str, name: str, value: IntOrPair,
                          minimum: int) -> Tuple[int, int]:
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, )
-    pair = pair * 2 if len(pair) == 1 else pair
+    if isinstance(value, (tuple, list)):
+        pair = tuple(value)
+    else:
+        pair = (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum
                                  for v in pair):
         raise ValueError(
