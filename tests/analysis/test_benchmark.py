@@ -49,6 +49,7 @@ def test_detectors_end_to_end(tmp_path):
                         str(out)])
 
 
+@pytest.mark.slow
 def test_steps_are_mmengines_after_train_and_eval():
     """The training step is the model's train_step with the config's
     optimizer wrapper, after model.train() (norm_eval applies), at the

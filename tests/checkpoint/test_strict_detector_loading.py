@@ -108,6 +108,7 @@ def test_load_from_and_resume_stop_before_training(tmp_path):
         assert "doesn't match the size of optimizer's group" not in output
 
 
+@pytest.mark.slow
 def test_an_authors_mmdet2_detector_is_told_to_convert(tmp_path):
     """The ODConv authors' MMDetection-2 MobileNetV2 detectors keep the
     backbone in their 'features.N' layout: no key would load."""
@@ -131,6 +132,7 @@ def test_an_authors_mmdet2_detector_is_told_to_convert(tmp_path):
     assert before.keys() == runner.model.state_dict().keys()
 
 
+@pytest.mark.slow
 def test_the_runner_of_mmdetections_own_tools_is_checked(
         tmp_path, monkeypatch):
     """MMDetection's tools/train.py builds MMEngine's Runner itself and

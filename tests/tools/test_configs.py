@@ -208,6 +208,7 @@ def test_check_pretrained_files_only_stops_on_missing_local_files(tmp_path):
         '.checkpoint to its path' in message
 
 
+@pytest.mark.slow
 def test_demo_backbone_init_cfg_takes_a_checkpoint_on_the_command_line(
         tmp_path):
     """The demo starts from scratch with MMDetection's default init, as with
