@@ -43,3 +43,15 @@ def test_the_fingerprint_follows_the_code(tmp_path):
     layer = tmp_path / 'mmdyn' / 'layers' / 'odconv.py'
     layer.write_text(layer.read_text() + '\n# changed\n')
     assert demo_result.code_fingerprint(str(tmp_path)) != before
+
+
+def test_a_cpu_user_sees_the_demo_log_within_a_minute():
+    """The demo logs every few iterations, training and test: at the
+    recorded pace even a machine five times slower logs within a
+    minute."""
+    from mmengine.config import Config
+    result = _recorded()
+    cfg = Config.fromfile(osp.join(REPO, result['config']))
+    interval = cfg.default_hooks.logger.interval
+    seconds_per_iteration = result['seconds'] / cfg.train_cfg.max_iters
+    assert interval * seconds_per_iteration * 5 < 60
