@@ -17,20 +17,21 @@ they would through ``norm(conv(x))``.
 import torch
 from torch import Tensor, nn
 
-from .._compat import BatchNormBase
-from .dispatch import may_fuse
+from .._compat import BatchNormBase, has_hooks
 
 
 def applies(conv: nn.Module, norm: nn.Module, x: Tensor) -> bool:
-    """Whether :func:`conv_then_norm` adds ``conv``'s bias inside ``norm``
-    for input ``x``: ``conv`` can leave its bias (``forward_split_bias``),
-    ``norm`` is a BatchNorm using running statistics (eval mode, as with
-    ``norm_eval=True``), and :func:`~mmdyn.ops.dispatch.may_fuse` allows a
-    fused op in place of both."""
+    """Whether :func:`conv_then_norm` hands ``norm`` the bias that ``conv``
+    can leave (``forward_split_bias``): ``norm`` is a BatchNorm using
+    running statistics (eval mode, as with ``norm_eval=True``) of ``x``'s
+    dtype, and neither has hooks (both are computed without being called).
+    Whether there is a bias to hand over, the fused op that makes it
+    decides through :func:`~mmdyn.ops.dispatch.may_fuse`, once."""
     return (hasattr(conv, 'forward_split_bias') and x.dim() == 4
             and isinstance(norm, BatchNormBase) and not norm.training
             and norm.running_var is not None
-            and may_fuse(x, [norm.weight, norm.running_var], [conv, norm]))
+            and norm.running_var.dtype == x.dtype
+            and not has_hooks([conv, norm]))
 
 
 def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:

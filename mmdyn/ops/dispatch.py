@@ -21,9 +21,10 @@ compute, forward and backward. It may run only where it computes the same:
 
 Each op adds what its kernels need of the layer (e.g. BatchNorms with
 running statistics) in its own ``applies`` function, and calls
-:func:`may_fuse` for the rest. The CUDA-graph runtime
-(:mod:`mmdyn.runtime`) keys its graphs on :func:`fused_ops_mode`, so a graph
-never replays a path that the dispatch would no longer choose.
+:func:`may_fuse` for the rest (:mod:`.conv_norm` acts only on the bias
+that DCD's op leaves, so that op's decision is its own). The CUDA-graph
+runtime (:mod:`mmdyn.runtime`) keys its graphs on :func:`fused_ops_mode`,
+so a graph never replays a path that the dispatch would no longer choose.
 """
 import contextlib
 import os
