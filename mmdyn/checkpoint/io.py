@@ -1,4 +1,5 @@
 """Reading checkpoint files safely and finding their state dict."""
+import codecs
 import os
 import os.path as osp
 import re
@@ -196,17 +197,13 @@ def _zip_message(filename: str) -> str:
 
 def _as_text(head: bytes):
     """``head`` as text if it reads as UTF-8 text without control
-    characters (but whitespace), else None."""
+    characters (but whitespace), else None. A head cut from a longer file
+    may end inside a character: the incremental decoder leaves that out."""
+    decoder = codecs.getincrementaldecoder('utf-8')()
     try:
-        text = head.decode('utf-8')
+        text = decoder.decode(head, final=len(head) < _HEAD)
     except UnicodeDecodeError:
-        # a cut in the middle of a multi-byte character at the end
-        try:
-            text = head[:-3].decode('utf-8') if len(head) == _HEAD else None
-        except UnicodeDecodeError:
-            return None
-        if text is None:
-            return None
+        return None
     printable = sum(ch.isprintable() or ch in '\t\n\r' for ch in text)
     return text if printable == len(text) else None
 
