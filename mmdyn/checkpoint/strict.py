@@ -21,13 +21,13 @@ from typing import Dict, List, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from .detector import split_detector_state_dict
 from .io import CheckpointError
 from .matching import (CheckpointMismatchError, describe_checkpoint,
                        key_problems)
 
 #: the config key that allows a partial load
 PARTIAL_LOAD_KEY = 'partial_load'
-_BACKBONE = 'backbone.'
 
 
 def checkpoint_state_dict(checkpoint, revise_keys: Sequence[Tuple[str, str]]
@@ -69,10 +69,9 @@ def compare(model: nn.Module, state_dict: Dict[str, Tensor]
 
 def _what_it_is(model: nn.Module, state_dict: Dict[str, Tensor]) -> str:
     """A guess of what the checkpoint is, and the fix it calls for."""
-    backbone = OrderedDict((k[len(_BACKBONE):], v)
-                           for k, v in state_dict.items()
-                           if k.startswith(_BACKBONE))
-    if not backbone:
+    try:
+        backbone, _ = split_detector_state_dict(state_dict)
+    except CheckpointError:
         return ('It has no "backbone." keys: it is not a checkpoint of a '
                 'whole detector (a backbone alone loads through the '
                 "backbone's init_cfg=dict(type='Pretrained', "
@@ -87,9 +86,9 @@ def _what_it_is(model: nn.Module, state_dict: Dict[str, Tensor]) -> str:
     ours = type(own_backbone).__name__ if own_backbone is not None else '-'
     text = (f'Its backbone looks like {describe_checkpoint(backbone)}; the '
             f"config's backbone is {ours}")
-    kernel_num = getattr(own_backbone, 'dynamic_conv_cfg', None)
-    if isinstance(kernel_num, dict) and 'kernel_num' in kernel_num:
-        text += f' with kernel_num={kernel_num["kernel_num"]}'
+    conv_cfg = getattr(own_backbone, 'dynamic_conv_cfg', None)
+    if isinstance(conv_cfg, dict) and 'kernel_num' in conv_cfg:
+        text += f' with kernel_num={conv_cfg["kernel_num"]}'
     return text + ('. Load it with the config it was trained with, or set '
                    'the backbone (type, depth / widen_factor, kernel_num) '
                    'to what the file holds.')
