@@ -38,6 +38,11 @@ class WeightBankConv2d(BaseDynamicConv2d):
         kernel_num (int): Number of weights K (the papers' "kernels").
         Others: see :class:`BaseDynamicConv2d`. With ``bias=True`` each
             weight has its own bias, mixed by the same attention.
+
+    ``static_bias`` (None unless set) is a bias added after the mix: what
+    folding the BatchNorm after the layer leaves
+    (:func:`mmdyn.deploy.fuse_conv_bn`), since CondConv's routing weights
+    need not sum to 1.
     """
 
     def __init__(self,
@@ -59,6 +64,7 @@ class WeightBankConv2d(BaseDynamicConv2d):
                                        self.kernel_size)
         if bias:
             self.bias = nn.Parameter(torch.zeros(kernel_num, out_channels))
+        self.register_parameter('static_bias', None)
 
     def kernel_attention(self, x: Tensor) -> Tensor:
         """(B, K) weights of the bank's K weights for input ``x``."""
@@ -89,4 +95,7 @@ class WeightBankConv2d(BaseDynamicConv2d):
         weight = mix_weights(attention, self.weight)
         bias = None if self.bias is None else mix_weights(attention,
                                                           self.bias)
+        if self.static_bias is not None:
+            bias = self.static_bias.expand(x.shape[0], -1) if bias is None \
+                else bias + self.static_bias
         return self.per_sample(x, weight, bias)
