@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from ..ops import dcd_weights as fused
 from .base import BaseDynamicConv2d, IntOrPair
-from .functional import (attention_branch, global_avg_pool, hard_sigmoid_gate,
-                         soften)
+from .functional import (adaptive_avg_pool2x2, attention_branch,
+                         global_avg_pool, hard_sigmoid_gate, soften)
 
 
 class DCDDynamics(NamedTuple):
@@ -172,7 +172,7 @@ class DCDConv2d(BaseDynamicConv2d):
         if self.pool_size == 1:
             pooled = global_avg_pool(x, dtype)
         else:
-            pooled = F.adaptive_avg_pool2d(x, self.pool_size).flatten(1)
+            pooled = adaptive_avg_pool2x2(x).flatten(1)
             pooled = pooled.to(dtype)
         hidden = self.fc(pooled)
         phi = soften(self.fc_phi(hidden), self.temperature)

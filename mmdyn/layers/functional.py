@@ -85,6 +85,29 @@ def mix_weights(attention: Tensor, bank: Tensor) -> Tensor:
     return mixed.view(attention.shape[0], *bank.shape[1:])
 
 
+def exporting() -> bool:
+    """Whether the model is being exported (``torch.onnx.export`` or
+    ``torch.export``): the layers then compute with operations that keep
+    the batch size a free dimension of the exported graph."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def adaptive_avg_pool2x2(x: Tensor) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, 2)``; while :func:`exporting`, as the means
+    of its four bins, rows ``[0, ceil(H/2))`` and ``[floor(H/2), H)`` by the
+    same columns, so that the exported graph follows the input's size (the
+    exporters fix adaptive pooling to the example's size)."""
+    if not exporting():
+        return F.adaptive_avg_pool2d(x, 2)
+    height, width = x.shape[-2:]
+    rows = (x[:, :, :(height + 1) // 2], x[:, :, height // 2:])
+    return torch.stack([
+        torch.stack([r[..., :(width + 1) // 2].mean((2, 3)),
+                     r[..., width // 2:].mean((2, 3))], dim=-1)
+        for r in rows
+    ], dim=-2)
+
+
 def per_sample_conv2d(x: Tensor,
                       weight: Tensor,
                       bias: Optional[Tensor],
@@ -93,20 +116,24 @@ def per_sample_conv2d(x: Tensor,
                       dilation: Tuple[int, int],
                       groups: int) -> Tensor:
     """Convolve each sample with its own weight: one ``F.conv2d`` with the
-    batch folded into the groups.
+    batch folded into the groups; while :func:`exporting`, a batched
+    matrix product over unfolded patches (:func:`per_sample_conv2d_unfolded`),
+    since an exported conv's group count is a constant.
 
     Args:
         x: (B, C_in, H, W) input.
         weight: (B, C_out, C_in / groups, kh, kw) one weight per sample.
         bias: (B, C_out) one bias per sample, or None.
     """
+    if exporting():
+        return per_sample_conv2d_unfolded(x, weight, bias, stride, padding,
+                                          dilation, groups)
     batch, in_channels, height, width = x.shape
     out_channels = weight.shape[1]
     if batch == 0:  # a conv cannot have zero groups
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
-                for n, k, s, p, d in zip((height, width), weight.shape[-2:],
-                                         stride, padding, dilation)]
-        return x.new_empty(0, out_channels, *size)
+        return x.new_empty(0, out_channels,
+                           *_output_size(x, weight, stride, padding,
+                                         dilation))
     out = F.conv2d(
         x.reshape(1, batch * in_channels, height, width),
         weight.reshape(batch * out_channels, *weight.shape[2:]),
@@ -116,3 +143,35 @@ def per_sample_conv2d(x: Tensor,
         dilation=dilation,
         groups=batch * groups)
     return out.view(batch, out_channels, *out.shape[-2:])
+
+
+def per_sample_conv2d_unfolded(x: Tensor,
+                               weight: Tensor,
+                               bias: Optional[Tensor],
+                               stride: Tuple[int, int],
+                               padding: Tuple[int, int],
+                               dilation: Tuple[int, int],
+                               groups: int) -> Tensor:
+    """:func:`per_sample_conv2d` as ``weight[b] @ patches[b]``, group by
+    group: the input's kh x kw patches (``F.unfold``, rows ordered as a
+    weight's (C_in / groups, kh, kw)) times the flattened weights. Every
+    dimension of the result, the batch included, follows the input's
+    shape, which is what an exported graph with a dynamic batch needs."""
+    batch, out_channels = weight.shape[:2]
+    out_h, out_w = _output_size(x, weight, stride, padding, dilation)
+    patches = F.unfold(x, weight.shape[-2:], dilation=dilation,
+                       padding=padding, stride=stride)
+    patches = patches.reshape(batch, groups, -1, out_h * out_w)
+    weight = weight.reshape(batch, groups, out_channels // groups, -1)
+    out = torch.matmul(weight, patches).reshape(batch, out_channels, out_h,
+                                                out_w)
+    if bias is not None:
+        out = out + bias[:, :, None, None]
+    return out
+
+
+def _output_size(x: Tensor, weight: Tensor, stride, padding,
+                 dilation) -> Tuple[int, int]:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(x.shape[-2:], weight.shape[-2:],
+                                          stride, padding, dilation))
