@@ -12,6 +12,8 @@ def read_version():
     return namespace['__version__']
 
 
+DEPLOY = ['onnx>=1.16', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+
 setup(
     name='mmdyn',
     version=read_version(),
@@ -35,7 +37,11 @@ setup(
         # setuptools 81 removed; torch 2.6+ needs setuptools >= 77
         'setuptools>=77,<81',
     ],
-    extras_require={'tests': ['pytest']},
+    extras_require={
+        # mmdyn.deploy's ONNX export and its check in ONNX Runtime
+        'deploy': DEPLOY,
+        'tests': ['pytest'] + DEPLOY,
+    },
     license='Apache License 2.0',
     license_files=['LICENSE'],
     zip_safe=False,

@@ -116,16 +116,18 @@ def per_sample_conv2d(x: Tensor,
                       dilation: Tuple[int, int],
                       groups: int) -> Tensor:
     """Convolve each sample with its own weight: one ``F.conv2d`` with the
-    batch folded into the groups; while :func:`exporting`, a batched
-    matrix product over unfolded patches (:func:`per_sample_conv2d_unfolded`),
-    since an exported conv's group count is a constant.
+    batch folded into the groups; while :func:`exporting` with a dynamic
+    batch, a batched matrix product over unfolded patches
+    (:func:`per_sample_conv2d_unfolded`), since an exported conv's group
+    count is a constant.
 
     Args:
         x: (B, C_in, H, W) input.
         weight: (B, C_out, C_in / groups, kh, kw) one weight per sample.
         bias: (B, C_out) one bias per sample, or None.
     """
-    if exporting():
+    if exporting() and not isinstance(x.shape[0], int):
+        # a dynamic batch: a symbolic size, not an int
         return per_sample_conv2d_unfolded(x, weight, bias, stride, padding,
                                           dilation, groups)
     batch, in_channels, height, width = x.shape

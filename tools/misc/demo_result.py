@@ -21,6 +21,7 @@ import os
 import os.path as osp
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default=osp.join(REPO, 'docs',
                                                   'demo_result.json'))
+    parser.add_argument('--keep-checkpoint', metavar='FILE',
+                        help='copy the trained checkpoint to FILE (a new '
+                        'file), e.g. for tools/deployment/pytorch2onnx.py')
     args = parser.parse_args(argv)
+    if args.keep_checkpoint and osp.exists(args.keep_checkpoint):
+        parser.error(f'--keep-checkpoint {args.keep_checkpoint} exists: name '
+                     'a new file')
     with tempfile.TemporaryDirectory() as folder:
         work = osp.join(folder, 'work')
         start = time.perf_counter()
@@ -88,6 +95,9 @@ def main(argv=None):
                      '--work-dir', work, cwd=folder)
         seconds = time.perf_counter() - start
         size = osp.getsize(osp.join(work, 'iter_300.pth'))
+        if args.keep_checkpoint:
+            shutil.copyfile(osp.join(work, 'iter_300.pth'),
+                            args.keep_checkpoint)
     metrics = {}
     for name in METRICS:
         found = re.findall(rf'coco/{name}: ([0-9.]+)', output)

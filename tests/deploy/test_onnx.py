@@ -1,0 +1,107 @@
+"""ONNX export (mmdyn/deploy/onnx.py) and the layers' export formulation:
+every dynamic backbone exports with a dynamic batch and size, and ONNX
+Runtime computes what PyTorch computes; the formulation against the
+grouped convolution; the guards."""
+import logging
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from deploy_cases import BACKBONES, calibrated
+from layer_cases import GEOMETRIES
+from mmdyn.deploy import compare_with_onnxruntime, export_onnx, fuse_conv_bn
+from mmdyn.layers import ODConv2d
+from mmdyn.layers import functional
+
+onnx = pytest.importorskip('onnx')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+logging.getLogger('torch.onnx').setLevel(logging.ERROR)
+
+#: ONNX Runtime against PyTorch, float32 (the issue's bar)
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_unfolded_equals_grouped_per_sample_conv(geometry):
+    in_ch, out_ch, kernel, stride, padding, dilation, groups = \
+        GEOMETRIES[geometry]
+    torch.manual_seed(0)
+    x = torch.randn(3, in_ch, 11, 10, dtype=torch.float64)
+    weight = torch.randn(3, out_ch, in_ch // groups, *_pair(kernel),
+                         dtype=torch.float64)
+    bias = torch.randn(3, out_ch, dtype=torch.float64)
+    args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    grouped = functional.per_sample_conv2d(x, weight, bias, *args)
+    unfolded = functional.per_sample_conv2d_unfolded(x, weight, bias, *args)
+    assert (grouped - unfolded).abs().max() < 1e-12
+    # negative check: another sample's weights
+    wrong = functional.per_sample_conv2d_unfolded(x, weight.flip(0), bias,
+                                                  *args)
+    assert (grouped - wrong).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('height,width', [(5, 7), (6, 8), (1, 3), (9, 2)])
+def test_pooling_to_2x2_while_exporting(height, width):
+    x = torch.randn(2, 3, height, width, dtype=torch.float64)
+    with mock.patch.object(functional, 'exporting', lambda: True):
+        pooled = functional.adaptive_avg_pool2x2(x)
+    assert (pooled - F.adaptive_avg_pool2d(x, 2)).abs().max() < 1e-12
+
+
+def _layer():
+    torch.manual_seed(0)
+    return ODConv2d(8, 12, 3, padding=1, kernel_num=4).eval()
+
+
+def test_one_layer_exports_with_a_dynamic_batch_and_size(tmp_path):
+    layer = _layer()
+    path = export_onnx(layer, torch.randn(2, 8, 16, 20),
+                       str(tmp_path / 'layer.onnx'))
+    model = onnx.load(path)
+    assert not any(n.op_type == 'Conv' and any(
+        a.name == 'group' and a.i > 1 for a in n.attribute)
+        for n in model.graph.node)  # no batch folded into conv groups
+    inputs = [torch.randn(1, 8, 16, 20), torch.randn(3, 8, 9, 31)]
+    assert compare_with_onnxruntime(layer, path, inputs) < TOLERANCE
+
+
+def test_a_static_batch_uses_the_grouped_conv(tmp_path):
+    layer = _layer()
+    path = export_onnx(layer, torch.randn(2, 8, 16, 20),
+                       str(tmp_path / 'layer.onnx'), dynamic_batch=False)
+    assert any(n.op_type == 'Conv' and any(
+        a.name == 'group' and a.i == 2 for a in n.attribute)
+        for n in onnx.load(path).graph.node)
+    inputs = [torch.randn(2, 8, 16, 20), torch.randn(2, 8, 9, 31)]
+    assert compare_with_onnxruntime(layer, path, inputs) < TOLERANCE
+
+
+def test_keeps_an_existing_file_and_refuses_training_mode(tmp_path):
+    path = tmp_path / 'mine.onnx'
+    path.write_text('a file of the user')
+    with pytest.raises(FileExistsError, match='overwrite'):
+        export_onnx(_layer(), torch.randn(2, 8, 16, 20), str(path))
+    assert path.read_text() == 'a file of the user'
+    with pytest.raises(ValueError, match='eval'):
+        export_onnx(_layer().train(), torch.randn(2, 8, 16, 20),
+                    str(tmp_path / 'new.onnx'))
+    assert not (tmp_path / 'new.onnx').exists()
+
+
+EXPORTED = [n for n in BACKBONES if 'static' not in n]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', EXPORTED)
+def test_backbone_exports_and_runs_in_onnxruntime(name, tmp_path):
+    """One file, batch 1 and 3, two sizes; BatchNorms folded first."""
+    model = calibrated(name, torch.float32)
+    path = export_onnx(fuse_conv_bn(model), torch.randn(2, 3, 64, 96),
+                       str(tmp_path / f'{name}.onnx'))
+    inputs = [torch.randn(1, 3, 64, 96), torch.randn(3, 3, 96, 64)]
+    assert compare_with_onnxruntime(calibrated(name, torch.float32), path,
+                                    inputs) < TOLERANCE
