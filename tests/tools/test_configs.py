@@ -1,5 +1,6 @@
-"""The 24 COCO configs (ODConv paper Table 4 rows x Faster/Mask R-CNN): they
-are MMDetection's 1x configs with only the backbone changed, they build, and
+"""The 24 COCO configs (ODConv paper Table 4 rows x Faster/Mask R-CNN) and
+the 24 one-stage ones (the same backbones in RetinaNet and FCOS): they are
+MMDetection's 1x configs with only the backbone changed, they build, and
 their backbones feed the FPN. COCO is not needed: pipelines are built
 transform by transform."""
 import glob
@@ -29,6 +30,12 @@ CONFIGS = [
     osp.join(method, f'{detector}_{backbone}_fpn_1x_coco.py')
     for method, backbones in METHODS.items() for backbone in backbones
     for detector in ('faster-rcnn', 'mask-rcnn')
+]
+ONE_STAGE = [
+    osp.join(method, name) for method, backbones in METHODS.items()
+    for backbone in backbones
+    for name in (f'retinanet_{backbone}_fpn_1x_coco.py',
+                 f'fcos_{backbone}_fpn_gn-head_1x_coco.py')
 ]
 FPN_IN = {'r50': [256, 512, 1024, 2048], 'mobilenetv2': [24, 32, 96, 1280]}
 BACKBONE_TYPES = {
@@ -69,11 +76,11 @@ def mmdet_base(name):
     return get_config(f'mmdet::{detector}_r50_fpn_1x_coco.py')
 
 
-def test_there_are_exactly_the_24_table_4_configs():
+def test_there_are_exactly_the_24_table_4_and_24_one_stage_configs():
     found = sorted(
         osp.relpath(p, osp.join(REPO, 'configs'))
         for p in glob.glob(osp.join(REPO, 'configs', '*', '*_1x_coco.py')))
-    assert found == sorted(CONFIGS) and len(found) == 24
+    assert found == sorted(CONFIGS + ONE_STAGE) and len(found) == 48
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -234,3 +241,78 @@ def test_demo_backbone_init_cfg_takes_a_checkpoint_on_the_command_line(
     backbone.init_weights()
     for key, value in source.state_dict().items():
         assert torch.equal(backbone.state_dict()[key], value), key
+
+
+ONE_STAGE_BASES = {
+    'retinanet': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'fcos': 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+}
+PYTORCH_NORMALISATION = dict(mean=[123.675, 116.28, 103.53],
+                             std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
+
+
+@pytest.mark.parametrize('name', ONE_STAGE)
+def test_one_stage_config_is_mmdets_with_the_backbone_changed(name):
+    cfg = load(name)
+    detector = osp.basename(name).split('_')[0]
+    base = get_config(ONE_STAGE_BASES[detector])
+    ours, theirs = without_scope(cfg.to_dict()), base.to_dict()
+    for d in (ours, theirs):
+        for key in ('custom_imports', 'backbone', 'neck_in_channels'):
+            d.pop(key, None)
+        d['model'].pop('backbone')
+        d['model']['neck'].pop('in_channels')
+        if detector == 'fcos':  # Caffe-style normalisation in mmdet's
+            for key in PYTORCH_NORMALISATION:
+                d['model']['data_preprocessor'].pop(key)
+    assert ours == theirs
+    if detector == 'fcos':
+        for key, value in PYTORCH_NORMALISATION.items():
+            assert cfg.model.data_preprocessor[key] == value
+    arch = backbone_name(name)
+    backbone = cfg.model.backbone
+    assert backbone.type == BACKBONE_TYPES[arch]
+    assert cfg.model.neck.in_channels == FPN_IN[arch.split('-')[0]]
+    assert backbone.norm_eval is True
+    assert backbone.get('style', 'pytorch') == 'pytorch'
+    assert backbone.norm_cfg.requires_grad is True
+    # the same backbone as the Table 4 config of that row
+    two_stage = load(osp.join(name.split('/')[0],
+                              f'faster-rcnn_{arch}_fpn_1x_coco.py'))
+    assert without_scope(backbone.to_dict()) == without_scope(
+        two_stage.model.backbone.to_dict())
+
+
+@pytest.mark.parametrize('name', ONE_STAGE)
+def test_one_stage_config_builds_and_predicts(name):
+    init_default_scope('mmdet')
+    cfg = load(name)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 64, 96), mode='tensor')
+    assert len(outs[0]) == 5  # one per FPN level
+
+
+@pytest.mark.slow
+def test_one_stage_trains_at_one_image_per_gpu():
+    """The attention BatchNorms are in eval mode with norm_eval=True, so a
+    batch of one image trains (no 'Expected more than 1 value per
+    channel')."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    init_default_scope('mmdet')
+    cfg = load('odconv/retinanet_r50-odconv-4x_fpn_1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).train()
+    sample = DetDataSample(metainfo=dict(img_shape=(96, 128),
+                                         pad_shape=(96, 128),
+                                         batch_input_shape=(96, 128)))
+    sample.gt_instances = InstanceData(
+        bboxes=torch.tensor([[10., 10., 60., 50.]]),
+        labels=torch.tensor([3]))
+    losses = model(torch.rand(1, 3, 96, 128), [sample], mode='loss')
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    assert torch.isfinite(total)

@@ -4,6 +4,8 @@
 backbone = dict(
     type='CondConvResNet',
     depth=50,
+    style='pytorch',
+    norm_cfg=dict(type='BN', requires_grad=True),
     kernel_num=8,
     temperature=1.0,
     init_cfg=dict(

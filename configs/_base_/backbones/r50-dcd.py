@@ -3,6 +3,8 @@
 backbone = dict(
     type='DCDResNet',
     depth=50,
+    style='pytorch',
+    norm_cfg=dict(type='BN', requires_grad=True),
     temperature=1.0,
     init_cfg=dict(
         type='Pretrained', checkpoint='checkpoints/dcd/resnet50_dcd.pth.tar'))

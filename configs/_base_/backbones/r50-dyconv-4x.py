@@ -4,6 +4,8 @@
 backbone = dict(
     type='DyConvResNet',
     depth=50,
+    style='pytorch',
+    norm_cfg=dict(type='BN', requires_grad=True),
     kernel_num=4,
     temperature=1.0,
     init_cfg=dict(

@@ -5,6 +5,8 @@
 backbone = dict(
     type='ODResNet',
     depth=50,
+    style='pytorch',
+    norm_cfg=dict(type='BN', requires_grad=True),
     kernel_num=1,
     temperature=1.0,
     init_cfg=dict(

@@ -1,0 +1,12 @@
+# RetinaNet, MobileNetV2 (1.0x) with CondConv (8x), FPN, 1x schedule, COCO 2017:
+# a one-stage detector on the same backbone as the Table 4 rows. MMDetection's
+# retinanet_r50_fpn_1x_coco with only the backbone and the FPN input channels
+# changed.
+_base_ = [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    '../_base_/backbones/mobilenetv2-condconv-8x.py'
+]
+custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)
+model = dict(
+    backbone={{_base_.backbone}},
+    neck=dict(in_channels={{_base_.neck_in_channels}}))

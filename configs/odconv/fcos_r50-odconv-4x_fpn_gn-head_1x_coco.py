@@ -1,0 +1,16 @@
+# FCOS (GN head), ResNet-50 with ODConv (4x), FPN, 1x schedule, COCO 2017: a
+# one-stage detector on the same backbone as the Table 4 rows. MMDetection's
+# fcos_r50-caffe_fpn_gn-head_1x_coco with only the backbone and the image
+# normalisation (the backbones' ImageNet weights are PyTorch-style, not Caffe-
+# style) changed.
+_base_ = [
+    'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+    '../_base_/backbones/r50-odconv-4x.py'
+]
+custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)
+model = dict(
+    data_preprocessor=dict(
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True),
+    backbone={{_base_.backbone}})
