@@ -108,12 +108,23 @@ def mismatch_message(model: nn.Module, state_dict: Dict[str, Tensor],
     return '\n'.join(lines)
 
 
+def loaded_module(model: nn.Module) -> nn.Module:
+    """The module a checkpoint's weights go into: inside DDP-like wrappers
+    and test-time-augmentation models (``tools/test.py --tta``), as
+    MMEngine's ``load_state_dict`` unwraps them."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
 def check_detector_checkpoint(model: nn.Module, checkpoint, filename: str,
                               revise_keys: Sequence[Tuple[str, str]],
                               partial: bool, logger) -> None:
     """Raise :class:`CheckpointMismatchError` if ``checkpoint`` does not fit
     ``model`` key for key and shape for shape; with ``partial``, log what
     will be left unloaded instead."""
+    model = loaded_module(model)
     state_dict = checkpoint_state_dict(checkpoint, revise_keys)
     mismatched, missing, unexpected = compare(model, state_dict)
     if not (mismatched or missing or unexpected):

@@ -48,6 +48,32 @@ def test_a_fitting_checkpoint_has_no_problems():
     assert compare(model, partial) == ([], [], [])  # counters not required
 
 
+@pytest.mark.parametrize('wrapper',
+                         ['DetTTAModel', 'MMDistributedDataParallel'])
+def test_wrapped_models_are_checked_inside(wrapper, tmp_path):
+    """tools/test.py --tta wraps the detector in a DetTTAModel; DDP in
+    MMDistributedDataParallel: the checkpoint fits the module inside, as
+    MMEngine's load_state_dict unwraps it."""
+    from mmdyn.checkpoint.strict import check_detector_checkpoint
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(FASTER)
+    detector = MODELS.build(cfg.model)
+    checkpoint = {'state_dict': detector.state_dict()}
+    if wrapper == 'DetTTAModel':
+        model = MODELS.build(dict(type='DetTTAModel', module=cfg.model))
+    else:
+        from mmengine.model import MMDistributedDataParallel
+        model = MMDistributedDataParallel.__new__(MMDistributedDataParallel)
+        torch.nn.Module.__init__(model)
+        model.module = detector
+    check_detector_checkpoint(model, checkpoint, 'f.pth',
+                              [(r'^module\.', '')], False, None)
+    checkpoint['state_dict'].pop('backbone.conv1.weight')
+    with pytest.raises(CheckpointMismatchError, match='backbone.conv1'):
+        check_detector_checkpoint(model, checkpoint, 'f.pth',
+                                  [(r'^module\.', '')], False, None)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('case', ['odconv 4x into 1x', 'static into odconv'])
 def test_tools_test_stops_before_evaluating(tmp_path, case):
