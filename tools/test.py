@@ -2,6 +2,7 @@
 imported.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
+        [--show] [--show-dir DIR] [--wait-time S] [--tta]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
         [--partial-load] [--trust-checkpoint FILE]
 """
@@ -16,7 +17,7 @@ import os.path as osp
 import mmdyn  # noqa: F401  (layers, backbones, weights-only loading)
 from mmdyn.datasets import prepare_demo_dataset
 from mmdyn.engine import (build_runner, distributed_shut_down_at_exit,
-                          load_tool_config, parse_runner_args)
+                          enable_tta, load_tool_config, parse_runner_args)
 
 
 def parse_args(argv=None):
@@ -25,6 +26,17 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where to save the metrics')
     parser.add_argument('--out', help='dump predictions to this .pkl file')
+    parser.add_argument('--show', action='store_true',
+                        help='show each image with its predictions')
+    parser.add_argument('--show-dir', help='draw the predictions on the '
+                        'images and save them to this folder (inside the '
+                        'work dir\'s timestamped folder if relative)')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each image is shown (--show)')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation: the config\'s '
+                        'tta_model and tta_pipeline, or MMDetection\'s '
+                        'horizontal-flip default')
     return parse_runner_args(parser, argv)
 
 
@@ -42,6 +54,11 @@ def main(argv=None):
             cfg.test_evaluator, dict) else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpDetResults',
                                        out_file_path=args.out))
+    if args.show or args.show_dir:
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = enable_tta(cfg)
     prepare_demo_dataset(cfg)
     with distributed_shut_down_at_exit():
         build_runner(cfg).test()

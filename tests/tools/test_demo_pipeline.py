@@ -1,5 +1,7 @@
 """The user's whole workflow on CPU: tools/train.py on a demo config
-(dataset generated on the fly), --resume, tools/test.py printing COCO AP."""
+(dataset generated on the fly), --resume, tools/test.py printing COCO AP
+(also with --show-dir and --tta), and a picture of the predictions."""
+import glob
 import json
 import os.path as osp
 
@@ -90,9 +92,27 @@ def test_train_and_test_faster_rcnn_on_cpu(tmp_path):
     quick = [o for o in QUICK if not o.startswith('train_cfg.max_iters')]
     run_tool('train.py', FASTER, '--work-dir', work, '--cfg-options',
              'train_cfg.max_iters=2', *quick, cwd=tmp_path)
-    out = run_tool('test.py', FASTER, osp.join(work, 'iter_2.pth'),
-                   '--work-dir', work, '--cfg-options', *quick, cwd=tmp_path)
+    checkpoint = osp.join(work, 'iter_2.pth')
+    out = run_tool('test.py', FASTER, checkpoint, '--work-dir', work,
+                   '--cfg-options', *quick, cwd=tmp_path)
     assert 'coco/bbox_mAP' in out and 'segm_mAP' not in out
+    # MMDetection's --show-dir and --tta
+    out = run_tool('test.py', FASTER, checkpoint, '--work-dir', work,
+                   '--show-dir', 'shown', '--tta', '--cfg-options', *quick,
+                   cwd=tmp_path)
+    assert 'coco/bbox_mAP' in out
+    drawn = glob.glob(osp.join(work, '*', 'shown', '*.png'))
+    assert len(drawn) == 4  # demo_dataset.num_val
+    # DetInferencer on one image
+    image = sorted(glob.glob(osp.join(tmp_path, 'data', 'demo_shapes',
+                                      'val', '*.png')))[0]
+    picture = tmp_path / 'picture.png'
+    out = run_tool('misc/image_demo.py', image, FASTER, checkpoint, '--out',
+                   str(picture), '--score-thr', '0', cwd=tmp_path)
+    assert picture.is_file() and 'drawn on' in out
+    result = run_tool('misc/image_demo.py', image, FASTER, checkpoint,
+                      '--out', str(picture), cwd=tmp_path, check=False)
+    assert result.returncode != 0 and 'exists' in result.stderr
 
 
 @pytest.mark.parametrize('config', [MASK, FASTER])
