@@ -202,6 +202,28 @@ def _checked_runner_load(load_checkpoint: Callable) -> Callable:
     return load
 
 
+def _register_flop_handles() -> None:
+    """Add mmdyn's handles for the dynamic convs' element-wise products and
+    poolings (:data:`mmdyn.analysis.complexity.DYNAMIC_CONV_FLOP_HANDLES`)
+    to the handles every MMEngine ``FlopAnalyzer`` starts from, the
+    module-level ``_DEFAULT_SUPPORTED_FLOP_OPS`` (checked: mmengine
+    0.10.4-0.10.7), so that ``mmengine.analysis.get_model_complexity_info``
+    and MMDetection's ``tools/analysis_tools/get_flops.py`` count what
+    mmdyn's complexity tool counts."""
+    from mmengine.analysis import complexity_analysis
+
+    from .analysis.complexity import DYNAMIC_CONV_FLOP_HANDLES
+    table = getattr(complexity_analysis, '_DEFAULT_SUPPORTED_FLOP_OPS', None)
+    if not isinstance(table, dict):
+        warnings.warn(
+            'mmdyn: MMEngine\'s FlopAnalyzer has no '
+            '_DEFAULT_SUPPORTED_FLOP_OPS (checked: mmengine '
+            f"{CHECKED_VERSIONS['mmengine']}); its counts "
+            'leave out the attention branches of dynamic convs')
+        return
+    table.update(DYNAMIC_CONV_FLOP_HANDLES)
+
+
 def install_mmengine_integration() -> None:
     """Make every checkpoint MMEngine reads go through weights-only loading
     and, for a Runner's model, a check of every key and shape
@@ -220,7 +242,9 @@ def install_mmengine_integration() -> None:
       before loading it, unless the config sets ``partial_load=True``
       (:mod:`mmdyn.checkpoint.strict`);
     - the Runner's checkpoints (``CheckpointHook``) are written whole or
-      not at all (:func:`mmdyn.checkpoint.io.save_checkpoint`).
+      not at all (:func:`mmdyn.checkpoint.io.save_checkpoint`);
+    - MMEngine's FLOP counter counts the dynamic convs' attention branches
+      as mmdyn's complexity tool does (:func:`_register_flop_handles`).
 
     On an MMEngine outside :data:`CHECKED_VERSIONS` it warns and changes
     nothing: checkpoints then load as that MMEngine loads them.
@@ -257,4 +281,5 @@ def install_mmengine_integration() -> None:
     # (checked: mmengine 0.10.4-0.10.7)
     if hasattr(runner_module, 'save_checkpoint'):
         runner_module.save_checkpoint = save_runner_checkpoint
+    _register_flop_handles()
     _INSTALLED = True

@@ -9,6 +9,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 
 from mmdyn.analysis import count_flops
+from mmdyn.analysis.complexity import DYNAMIC_CONV_FLOP_HANDLES
 from mmdyn.layers import CondConv2d, DCDConv2d, DyConv2d, ODConv2d
 
 from conftest import REPO
@@ -121,3 +122,33 @@ def test_count_does_not_depend_on_grad_mode():
     with torch.no_grad():
         counts.append(count_flops(layer, (x, )).total())
     assert counts[0] == counts[1] == counts[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [
+    'r18-odconv-4x', 'r50-odconv-1x', 'r50-dcd', 'r50-dyconv', 'r50-condconv',
+    'r50-static', 'mbv2-odconv-4x', 'mbv2-dcd', 'mbv2-dyconv',
+    'mbv2-condconv', 'mbv2-static'
+])
+def test_mmengines_counter_counts_what_mmdyns_counts(name, monkeypatch):
+    """mmengine.analysis.get_model_complexity_info (MMDetection's
+    get_flops.py) gives mmdyn's count, attention branches included."""
+    from mmengine.analysis import get_model_complexity_info
+    from deploy_cases import calibrated
+    model = calibrated(name, torch.float32)
+    x = torch.randn(1, 3, 64, 96)
+    ours = count_flops(model, (x, )).total()
+    with torch.no_grad():
+        theirs = get_model_complexity_info(model, inputs=(x, ),
+                                           show_table=False,
+                                           show_arch=False)['flops']
+    assert theirs == ours
+    if 'static' not in name:  # what MMEngine alone would leave out
+        from mmengine.analysis import complexity_analysis
+        table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
+        monkeypatch.setattr(complexity_analysis,
+                            '_DEFAULT_SUPPORTED_FLOP_OPS',
+                            {op: handle for op, handle in table.items()
+                             if op not in DYNAMIC_CONV_FLOP_HANDLES})
+        with torch.no_grad():
+            assert FlopAnalyzer(model, (x, )).total() < ours
