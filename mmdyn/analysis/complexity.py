@@ -97,14 +97,30 @@ class DetectorComplexity:
     backbone_flops: int
 
 
+class _OneStageTensorForward(nn.Module):
+    """A one-stage detector's network without post-processing."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, inputs: Tensor):
+        return self.detector._forward(inputs)
+
+
 def detector_complexity(detector: nn.Module, shape: Sequence[int] = (1280,
                                                                      800),
                         num_proposals: int = 1000) -> DetectorComplexity:
-    """Parameters and MAdds of a two-stage detector (Faster / Mask R-CNN)
-    and of its backbone, for one ``shape = (height, width)`` image."""
+    """Parameters and MAdds of a detector and of its backbone, for one
+    ``shape = (height, width)`` image: a two-stage one (Faster / Mask
+    R-CNN) on ``num_proposals`` fixed proposals, a one-stage one (RetinaNet,
+    FCOS) through its heads' raw outputs (``mode='tensor'``)."""
     height, width = shape
-    model = _TwoStageTensorForward(detector.eval(), height, width,
-                                   num_proposals)
+    if getattr(detector, 'with_rpn', False):
+        model = _TwoStageTensorForward(detector.eval(), height, width,
+                                       num_proposals)
+    else:
+        model = _OneStageTensorForward(detector.eval())
     inputs = torch.rand(1, 3, height, width)
     with torch.no_grad():
         analyzer = count_flops(model, (inputs, ))

@@ -55,7 +55,8 @@ def paper_row(config: str):
     name = osp.basename(config)
     parts = name.split('_')
     row = _TABLE_4_ROWS.get(parts[1]) if len(parts) > 2 else None
-    if row is None or not name.endswith('_fpn_1x_coco.py'):
+    if row is None or parts[0] not in ('faster-rcnn', 'mask-rcnn') or \
+            not name.endswith('_fpn_1x_coco.py'):
         return None
     if parts[0] == 'mask-rcnn':
         return row[4], row[1], row[5], row[3]
@@ -64,7 +65,7 @@ def paper_row(config: str):
 
 def table_4_configs():
     return sorted(
-        glob.glob(osp.join(REPO, 'configs', '*', '*_fpn_1x_coco.py')))
+        glob.glob(osp.join(REPO, 'configs', '*', '*-rcnn_*_fpn_1x_coco.py')))
 
 
 def measure(config: str, shape):
