@@ -224,6 +224,24 @@ def _register_flop_handles() -> None:
     table.update(DYNAMIC_CONV_FLOP_HANDLES)
 
 
+def _register_config_package() -> None:
+    """Let configs inherit mmdyn's with ``_base_ = 'mmdyn::odconv/...'``:
+    MMEngine resolves ``package::`` paths only for the packages of its
+    ``MODULE2PACKAGE`` table (checked: mmengine 0.10.4-0.10.7), and finds
+    the files in the installed package's ``.mim/configs`` (setup.py puts
+    them there). It takes effect once mmdyn is imported, which mmdyn's
+    tools and ``mim train mmdyn`` do before they read a config."""
+    from mmengine.config import utils as config_utils
+    table = getattr(config_utils, 'MODULE2PACKAGE', None)
+    if not isinstance(table, dict):
+        warnings.warn(
+            "mmdyn: MMEngine has no MODULE2PACKAGE table (checked: mmengine "
+            f"{CHECKED_VERSIONS['mmengine']}); configs cannot inherit "
+            "'mmdyn::' paths, use relative paths to mmdyn's configs")
+        return
+    table.setdefault('mmdyn', 'mmdyn')
+
+
 def install_mmengine_integration() -> None:
     """Make every checkpoint MMEngine reads go through weights-only loading
     and, for a Runner's model, a check of every key and shape
@@ -244,7 +262,8 @@ def install_mmengine_integration() -> None:
     - the Runner's checkpoints (``CheckpointHook``) are written whole or
       not at all (:func:`mmdyn.checkpoint.io.save_checkpoint`);
     - MMEngine's FLOP counter counts the dynamic convs' attention branches
-      as mmdyn's complexity tool does (:func:`_register_flop_handles`).
+      as mmdyn's complexity tool does (:func:`_register_flop_handles`);
+    - configs can inherit ``mmdyn::`` paths (:func:`_register_config_package`).
 
     On an MMEngine outside :data:`CHECKED_VERSIONS` it warns and changes
     nothing: checkpoints then load as that MMEngine loads them.
@@ -282,4 +301,5 @@ def install_mmengine_integration() -> None:
     if hasattr(runner_module, 'save_checkpoint'):
         runner_module.save_checkpoint = save_runner_checkpoint
     _register_flop_handles()
+    _register_config_package()
     _INSTALLED = True

@@ -45,7 +45,9 @@ def code_fingerprint(repo: str = REPO) -> str:
         if osp.isfile(path):
             files.append(part)
             continue
-        for folder, _, names in os.walk(path):
+        for folder, dirs, names in os.walk(path):
+            # setup.py's copies of configs and tools for a wheel
+            dirs[:] = [d for d in dirs if d != '.mim']
             files += [osp.relpath(osp.join(folder, n), repo) for n in names
                       if n.endswith('.py')]
     for name in sorted(files):
