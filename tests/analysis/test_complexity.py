@@ -56,10 +56,15 @@ def test_condconv_count_includes_routing_and_kernel_mixing():
         expected
 
 
-def test_dynamic_layers_cost_more_than_their_convolution():
-    """MMEngine's default handles miss the element-wise attention products;
-    mmdyn's count them, and they are what distinguishes ODConv 1x from a
-    static conv."""
+def test_dynamic_layers_cost_more_than_their_convolution(monkeypatch):
+    """MMEngine's own handles miss the element-wise attention products;
+    mmdyn's count them (and join MMEngine's table once mmdyn is imported),
+    and they are what distinguishes ODConv 1x from a static conv."""
+    from mmengine.analysis import complexity_analysis
+    table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
+    monkeypatch.setattr(complexity_analysis, '_DEFAULT_SUPPORTED_FLOP_OPS',
+                        {op: handle for op, handle in table.items()
+                         if op not in DYNAMIC_CONV_FLOP_HANDLES})
     static = OUT * IN * 9 * PIXELS
     x = torch.rand(1, IN, H, W)
     for layer in (ODConv2d(IN, OUT, 3, padding=1), DCDConv2d(
