@@ -57,6 +57,7 @@ def _layer():
     return ODConv2d(8, 12, 3, padding=1, kernel_num=4).eval()
 
 
+@pytest.mark.slow
 def test_one_layer_exports_with_a_dynamic_batch_and_size(tmp_path):
     layer = _layer()
     path = export_onnx(layer, torch.randn(2, 8, 16, 20),
@@ -69,6 +70,7 @@ def test_one_layer_exports_with_a_dynamic_batch_and_size(tmp_path):
     assert compare_with_onnxruntime(layer, path, inputs) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_a_static_batch_uses_the_grouped_conv(tmp_path):
     layer = _layer()
     path = export_onnx(layer, torch.randn(2, 8, 16, 20),

@@ -251,7 +251,15 @@ PYTORCH_NORMALISATION = dict(mean=[123.675, 116.28, 103.53],
                              std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
 
 
-@pytest.mark.parametrize('name', ONE_STAGE)
+# the quick subset (-m "not slow") checks one R50 and one MobileNetV2
+# config of each detector; the rest are marked slow
+QUICK_ONE_STAGE = {'odconv/retinanet_r50-odconv-1x_fpn_1x_coco.py',
+                   'dcd/fcos_mobilenetv2-dcd_fpn_gn-head_1x_coco.py'}
+
+
+@pytest.mark.parametrize('name', [
+    n if n in QUICK_ONE_STAGE else pytest.param(n, marks=pytest.mark.slow)
+    for n in ONE_STAGE])
 def test_one_stage_config_is_mmdets_with_the_backbone_changed(name):
     cfg = load(name)
     detector = osp.basename(name).split('_')[0]
@@ -283,6 +291,7 @@ def test_one_stage_config_is_mmdets_with_the_backbone_changed(name):
         two_stage.model.backbone.to_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ONE_STAGE)
 def test_one_stage_config_builds_and_predicts(name):
     init_default_scope('mmdet')

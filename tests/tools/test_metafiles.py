@@ -57,6 +57,7 @@ def _check_numbers(names):
         assert meta['FLOPs'] == int(round(row['madds_g'] * 1e9))
 
 
+@pytest.mark.slow
 def test_numbers_are_the_complexity_tools_for_two_configs():
     _check_numbers(['configs/odconv/faster-rcnn_mobilenetv2-odconv-1x_fpn_'
                     '1x_coco.py',

@@ -48,6 +48,7 @@ def test_static_batch_backbone(checkpoint, tmp_path):
     assert 'exported backbone of' in log and out.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,message', [
     (['--out', 'x.onnx'], 'exists'),
     (['--out', 'x.txt'], 'must name a .onnx file'),
