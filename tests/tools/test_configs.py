@@ -304,24 +304,41 @@ def test_one_stage_config_builds_and_predicts(name):
     assert len(outs[0]) == 5  # one per FPN level
 
 
-@pytest.mark.slow
-def test_one_stage_trains_at_one_image_per_gpu():
-    """The attention BatchNorms are in eval mode with norm_eval=True, so a
-    batch of one image trains (no 'Expected more than 1 value per
-    channel')."""
+def _one_image_batch():
+    """A data batch of one 96 x 128 image with one box, as a dataloader
+    gives it to ``train_step`` / ``test_step``."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    init_default_scope('mmdet')
-    cfg = load('odconv/retinanet_r50-odconv-4x_fpn_1x_coco.py')
-    cfg.model.backbone.init_cfg = None
-    model = MODELS.build(cfg.model).train()
     sample = DetDataSample(metainfo=dict(img_shape=(96, 128),
-                                         pad_shape=(96, 128),
-                                         batch_input_shape=(96, 128)))
+                                         ori_shape=(96, 128),
+                                         scale_factor=(1.0, 1.0)))
     sample.gt_instances = InstanceData(
         bboxes=torch.tensor([[10., 10., 60., 50.]]),
         labels=torch.tensor([3]))
-    losses = model(torch.rand(1, 3, 96, 128), [sample], mode='loss')
-    total, _ = model.parse_losses(losses)
-    total.backward()
-    assert torch.isfinite(total)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    return dict(inputs=[image], data_samples=[sample])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ONE_STAGE)
+def test_one_stage_trains_two_iterations_at_one_image_per_gpu(name):
+    """Two optimizer steps of the config's own optimizer at one image per
+    GPU, then a prediction: the attention BatchNorms are in eval mode with
+    norm_eval=True, so there is no 'Expected more than 1 value per
+    channel', and the losses stay finite."""
+    from mmengine.optim import build_optim_wrapper
+    init_default_scope('mmdet')
+    cfg = load(name)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()  # as the Runner does: the heads' prior biases
+    model.train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    for _ in range(2):
+        losses = model.train_step(_one_image_batch(), optim_wrapper)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(_one_image_batch())
+    assert len(results) == 1 and 'pred_instances' in results[0]
