@@ -17,11 +17,14 @@ def global_avg_pool(x: Tensor,
     When ``x`` needs a gradient the mean is taken as a sum scaled on the
     pooled vector: the gradient of a sum is a broadcast view of the pooled
     gradient, where that of ``mean`` writes a full-size tensor (one pass
-    over the activations per layer)."""
+    over the activations per layer). Not while ``torch.jit`` traces (as
+    MMEngine's FLOP counter does, with or without gradients): the trace
+    then shows one mean, counted the same in both modes."""
     dtype = x.dtype if dtype is None else dtype
     accumulate = torch.float32 if x.dtype in (torch.float16,
                                               torch.bfloat16) else x.dtype
-    if x.requires_grad and torch.is_grad_enabled():
+    if (x.requires_grad and torch.is_grad_enabled()
+            and not torch.jit.is_tracing()):
         pooled = x.sum(dim=(2, 3), dtype=accumulate)
         pooled = pooled * (1.0 / (x.shape[2] * x.shape[3]))
     else:
