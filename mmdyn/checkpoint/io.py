@@ -14,6 +14,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from torch import Tensor
 
 from .._compat import numpy_pickle_globals
+from ..fileio import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -263,17 +264,11 @@ def save_checkpoint(checkpoint: dict, filename: str) -> None:
     there, whatever stops the save (a full disk, a killed process). A
     failed save removes its temporary file and raises an ``OSError`` that
     names ``filename`` and the space left beside it."""
-    folder = osp.dirname(osp.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(filename)}.{os.getpid()}.tmp')
     try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
-    except BaseException as error:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(error, OSError):
-            raise
+        with atomic_path(filename) as tmp:
+            torch.save(checkpoint, tmp)
+    except OSError as error:
+        folder = osp.dirname(osp.abspath(filename))
         free = shutil.disk_usage(folder).free / 2**20
         raise OSError(
             error.errno, f'could not save the checkpoint {filename} '

@@ -15,6 +15,8 @@ from typing import Dict, List
 import cv2
 import numpy as np
 
+from ..fileio import atomic_path
+
 CLASSES = ('circle', 'square', 'triangle')
 #: files whose presence marks a complete dataset
 ANNOTATION_FILES = ('annotations/instances_train.json',
@@ -96,10 +98,9 @@ def make_demo_shapes(root: str, num_train: int = 200, num_val: int = 50,
                     _annotation(len(annotations) + 1, image_id, label,
                                 points, image_size))
         path = osp.join(root, 'annotations', f'instances_{split}.json')
-        with open(path + '.tmp', 'w') as f:
+        with atomic_path(path) as tmp, open(tmp, 'w') as f:
             json.dump(dict(images=images, annotations=annotations,
                            categories=categories), f)
-        os.replace(path + '.tmp', path)
         counts[split] = number
     return counts
 

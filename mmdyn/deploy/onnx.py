@@ -10,13 +10,13 @@ DCD's 2x2 pooling as the means of its bins. Neither Triton kernels nor CUDA
 graphs take part (the dispatch and the graph runtime step aside while a
 model is traced). See ``docs/deployment.md``.
 """
-import os
 import os.path as osp
-import tempfile
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..fileio import atomic_path
 
 #: ONNX opset of the exported files.
 OPSET = 18
@@ -86,23 +86,14 @@ def export_onnx(model: nn.Module,
     wrapped = _Outputs(model).eval()
     with torch.no_grad():
         num_outputs = len(wrapped(example))
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.onnx', dir=folder)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapped, (example, ), tmp, dynamo=True,
-                opset_version=OPSET, input_names=['input'],
-                output_names=[f'out{i}' for i in range(num_outputs)],
-                dynamic_shapes={'x': dims} if dims else None,
-                external_data=False, verbose=False)
+    with atomic_path(path, suffix='.onnx') as tmp, torch.no_grad():
+        torch.onnx.export(
+            wrapped, (example, ), tmp, dynamo=True,
+            opset_version=OPSET, input_names=['input'],
+            output_names=[f'out{i}' for i in range(num_outputs)],
+            dynamic_shapes={'x': dims} if dims else None,
+            external_data=False, verbose=False)
         onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     return path
 
 
