@@ -22,13 +22,12 @@ warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os.path as osp  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import mmdyn  # noqa: E402,F401  (layers, backbones, weights-only loading)
+from mmdyn.analysis.benchmark import time_in_turns  # noqa: E402
 from mmdyn.deploy import (compare_with_onnxruntime, export_onnx,  # noqa: E402
                           fuse_conv_bn)
 from mmdyn.deploy.onnx import onnxruntime_session, run_onnxruntime  # noqa
@@ -121,16 +120,6 @@ def build_features(config, checkpoint, part, cfg_options=None):
     return Features(detector, part).eval(), cfg
 
 
-def median_ms(fn, runs):
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), min(times), max(times)
-
-
 def main(argv=None):
     args = parse_args(argv)
     logging.getLogger('torch.onnx').setLevel(logging.ERROR)
@@ -162,20 +151,20 @@ def main(argv=None):
     if args.time:
         x = torch.randn(args.static_batch or 1, 3, height, width)
         session = onnxruntime_session(args.out)
-        rows = []
+        runs = [('PyTorch', lambda: reference(x))]
+        if not args.no_fuse_conv_bn:
+            runs.append(('PyTorch, BatchNorms folded', lambda: model(x)))
+        runs.append(('ONNX Runtime', lambda: run_onnxruntime(session, x)))
         with torch.no_grad():
-            rows.append(('PyTorch', median_ms(lambda: reference(x),
-                                              args.time)))
-            if not args.no_fuse_conv_bn:
-                rows.append(('PyTorch, BatchNorms folded',
-                             median_ms(lambda: model(x), args.time)))
-        rows.append(('ONNX Runtime', median_ms(
-            lambda: run_onnxruntime(session, x), args.time)))
+            times = time_in_turns([fn for _, fn in runs],
+                                  torch.device('cpu'), warmup=1,
+                                  reps=args.time)
         print(f'\nCPU latency, {x.shape[0]}x3x{height}x{width}, '
-              f'{args.time} runs, '
+              f'{args.time} runs of each in turns, '
               f'{torch.get_num_threads()} threads (median [min-max]):')
-        for name, (median, low, high) in rows:
-            print(f'  {name}: {median:.1f} ms [{low:.1f}-{high:.1f}]')
+        for (name, _), t in zip(runs, times):
+            print(f"  {name}: {t['median_ms']:.1f} ms "
+                  f"[{t['min_ms']:.1f}-{t['max_ms']:.1f}]")
 
 
 if __name__ == '__main__':
