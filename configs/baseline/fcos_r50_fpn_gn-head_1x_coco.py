@@ -2,13 +2,9 @@
 # on the same backbone as the Table 4 rows. MMDetection's fcos_r50-caffe_fpn_gn-
 # head_1x_coco with only the image normalisation (the backbones' ImageNet
 # weights are PyTorch-style, not Caffe-style) changed.
-_base_ = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
+_base_ = '../_base_/fcos_pytorch-style.py'
 custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)
 model = dict(
-    data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True),
     backbone=dict(
         style='pytorch',
         norm_cfg=dict(requires_grad=True),

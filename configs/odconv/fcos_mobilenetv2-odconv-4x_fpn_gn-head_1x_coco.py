@@ -4,14 +4,10 @@
 # the FPN input channels and the image normalisation (the backbones' ImageNet
 # weights are PyTorch-style, not Caffe-style) changed.
 _base_ = [
-    'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+    '../_base_/fcos_pytorch-style.py',
     '../_base_/backbones/mobilenetv2-odconv-4x.py'
 ]
 custom_imports = dict(imports=['mmdyn'], allow_failed_imports=False)
 model = dict(
-    data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True),
     backbone={{_base_.backbone}},
     neck=dict(in_channels={{_base_.neck_in_channels}}))
