@@ -10,6 +10,8 @@ MASK = osp.join(REPO, 'configs', 'demo',
                 'mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
 FASTER = osp.join(REPO, 'configs', 'demo',
                   'faster-rcnn_r18-odconv-4x_fpn_demo-shapes.py')
+RETINANET = osp.join(REPO, 'configs', 'demo',
+                     'retinanet_r18-odconv-4x_fpn_demo-shapes.py')
 
 # small and quick: 4 iterations, 128 px images, few detections per image
 QUICK = [

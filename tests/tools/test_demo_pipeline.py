@@ -11,7 +11,7 @@ from mmengine.config import Config
 
 from mmdyn.checkpoint.io import safe_torch_load
 from mmdyn.datasets import make_demo_shapes, prepare_demo_dataset
-from demo import FASTER, MASK, QUICK, run_tool
+from demo import FASTER, MASK, QUICK, RETINANET, run_tool
 
 
 def test_make_demo_shapes_is_deterministic(tmp_path):
@@ -115,7 +115,22 @@ def test_train_and_test_faster_rcnn_on_cpu(tmp_path):
     assert result.returncode != 0 and 'exists' in result.stderr
 
 
-@pytest.mark.parametrize('config', [MASK, FASTER])
+@pytest.mark.slow
+def test_train_and_test_retinanet_on_cpu(tmp_path):
+    """The one-stage demo, through the same tools."""
+    work = str(tmp_path / 'work')
+    quick = [o for o in QUICK if not o.startswith(('train_cfg.max_iters',
+                                                   'model.test_cfg'))]
+    quick.append('model.test_cfg.max_per_img=10')
+    run_tool('train.py', RETINANET, '--work-dir', work, '--cfg-options',
+             'train_cfg.max_iters=2', *quick, cwd=tmp_path)
+    out = run_tool('test.py', RETINANET, osp.join(work, 'iter_2.pth'),
+                   '--work-dir', work, '--cfg-options', *quick,
+                   cwd=tmp_path)
+    assert 'coco/bbox_mAP' in out and 'segm_mAP' not in out
+
+
+@pytest.mark.parametrize('config', [MASK, FASTER, RETINANET])
 def test_demo_configs_use_only_custom_imports(config):
     cfg = Config.fromfile(config)
     assert cfg.custom_imports == dict(imports=['mmdyn'],

@@ -1,13 +1,15 @@
-"""Train and test the README's demo, and record what it printed and how
-long it took, with a fingerprint of the code it ran.
+"""Train and test one of the README's demos, and record what it printed
+and how long it took, with a fingerprint of the code it ran.
 
-    python3 tools/misc/demo_result.py [--out docs/demo_result.json]
+    python3 tools/misc/demo_result.py [--demo {mask-rcnn,retinanet}]
+        [--out FILE.json] [--keep-checkpoint FILE]
 
-The README quotes ``docs/demo_result.json``; a test checks that the two
-agree and that the code the demo runs (mmdyn, the demo configs, the tools)
-has not changed since the file was written. Run this after such a change,
-on an otherwise idle machine (about 7 minutes on 2 CPU cores), and copy the
-printed lines into the README.
+The README quotes ``docs/demo_result.json`` (Mask R-CNN) and
+``docs/demo_result_retinanet.json`` (RetinaNet); a test checks that they
+agree and that the code the demos run (mmdyn, the demo configs, the tools)
+has not changed since the files were written. Run this for each demo after
+such a change, on an otherwise idle machine (5 to 7 minutes each on 2 CPU
+cores), and copy the printed lines into the README.
 """
 import warnings
 
@@ -28,12 +30,25 @@ import tempfile
 import time
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIG = 'configs/demo/mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py'
-#: what the demo's numbers depend on in this repository
-CODE = ('mmdyn', 'configs/demo', 'tools/train.py', 'tools/test.py')
-#: the metrics the README quotes, in its order
-METRICS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'segm_mAP',
-           'segm_mAP_50', 'segm_mAP_75')
+#: the demos: name -> (config, the kinds of mAP its test prints)
+DEMOS = {
+    'mask-rcnn': ('configs/demo/mask-rcnn_r18-odconv-4x_fpn_demo-shapes.py',
+                  ('bbox', 'segm')),
+    'retinanet': ('configs/demo/retinanet_r18-odconv-4x_fpn_demo-shapes.py',
+                  ('bbox', )),
+}
+#: what the demos' numbers depend on in this repository
+CODE = ('mmdyn', 'configs/demo', 'configs/_base_', 'tools/train.py',
+        'tools/test.py')
+#: the metrics the README quotes per kind, in its order
+SUFFIXES = ('', '_50', '_75')
+
+
+def result_file(demo: str) -> str:
+    """Where a demo's result is recorded."""
+    name = 'demo_result.json' if demo == 'mask-rcnn' else \
+        f'demo_result_{demo}.json'
+    return osp.join(REPO, 'docs', name)
 
 
 def code_fingerprint(repo: str = REPO) -> str:
@@ -78,22 +93,25 @@ def run(*args, cwd):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', default=osp.join(REPO, 'docs',
-                                                  'demo_result.json'))
+    parser.add_argument('--demo', choices=sorted(DEMOS), default='mask-rcnn')
+    parser.add_argument('--out', help='default: docs/demo_result.json '
+                        '(mask-rcnn), docs/demo_result_<demo>.json (others)')
     parser.add_argument('--keep-checkpoint', metavar='FILE',
                         help='copy the trained checkpoint to FILE (a new '
                         'file), e.g. for tools/deployment/pytorch2onnx.py')
     args = parser.parse_args(argv)
+    config, kinds = DEMOS[args.demo]
+    out = args.out or result_file(args.demo)
     if args.keep_checkpoint and osp.exists(args.keep_checkpoint):
         parser.error(f'--keep-checkpoint {args.keep_checkpoint} exists: name '
                      'a new file')
     with tempfile.TemporaryDirectory() as folder:
         work = osp.join(folder, 'work')
         start = time.perf_counter()
-        run(osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, CONFIG),
+        run(osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, config),
             '--work-dir', work, cwd=folder)
         output = run(osp.join(REPO, 'tools', 'test.py'),
-                     osp.join(REPO, CONFIG), osp.join(work, 'iter_300.pth'),
+                     osp.join(REPO, config), osp.join(work, 'iter_300.pth'),
                      '--work-dir', work, cwd=folder)
         seconds = time.perf_counter() - start
         size = osp.getsize(osp.join(work, 'iter_300.pth'))
@@ -101,7 +119,8 @@ def main(argv=None):
             shutil.copyfile(osp.join(work, 'iter_300.pth'),
                             args.keep_checkpoint)
     metrics = {}
-    for name in METRICS:
+    for name in (kind + '_mAP' + suffix for kind in kinds
+                 for suffix in SUFFIXES):
         found = re.findall(rf'coco/{name}: ([0-9.]+)', output)
         if not found:
             raise SystemExit(f'tools/test.py printed no coco/{name}')
@@ -111,14 +130,14 @@ def main(argv=None):
     import mmengine
     import torch
     result = dict(
-        config=CONFIG, metrics=metrics, seconds=round(seconds),
+        config=config, metrics=metrics, seconds=round(seconds),
         checkpoint_mb=round(size / 1e6), cpu=cpu_name(),
         cores=os.cpu_count(), date=time.strftime('%Y-%m-%d'),
         versions=dict(torch=torch.__version__, mmcv=mmcv.__version__,
                       mmdet=mmdet.__version__,
                       mmengine=mmengine.__version__),
         code=code_fingerprint())
-    with open(args.out, 'w') as f:
+    with open(out, 'w') as f:
         json.dump(result, f, indent=1)
         f.write('\n')
     print(readme_timing(result))
@@ -133,14 +152,17 @@ def readme_timing(result: dict) -> str:
 
 
 def readme_lines(result: dict) -> str:
-    """The demo's output as the README quotes it."""
-    m = result['metrics']
-    return (f"coco/bbox_mAP: {m['bbox_mAP']:.4f}  coco/bbox_mAP_50: "
-            f"{m['bbox_mAP_50']:.4f}  coco/bbox_mAP_75: "
-            f"{m['bbox_mAP_75']:.4f} ...\n"
-            f"coco/segm_mAP: {m['segm_mAP']:.4f}  coco/segm_mAP_50: "
-            f"{m['segm_mAP_50']:.4f}  coco/segm_mAP_75: "
-            f"{m['segm_mAP_75']:.4f} ...")
+    """The demo's output as the README quotes it: one line per kind of
+    mAP (bbox, then segm where the demo has masks)."""
+    metrics = result['metrics']
+    lines = []
+    for kind in ('bbox', 'segm'):
+        if f'{kind}_mAP' in metrics:
+            lines.append('  '.join(
+                f'coco/{kind}_mAP{suffix}: '
+                f'{metrics[kind + "_mAP" + suffix]:.4f}'
+                for suffix in SUFFIXES) + ' ...')
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
