@@ -386,7 +386,8 @@ def benchmark_backbones(models: Sequence[Tuple[str, Sequence[str]]],
         torch.manual_seed(0)
         backbone = MODELS.build(cfg.model.backbone)
         backbone.init_weights()
-        backbone = backbone.to(device).eval()
+        backbone = backbone.to(device)
+        backbone.eval()  # mmdet backbones' train() returns None
         for module in backbone.modules():  # 4-d weights (not weight banks)
             if isinstance(module, torch.nn.Conv2d):
                 module.to(memory_format=memory_format)
