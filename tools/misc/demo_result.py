@@ -8,7 +8,7 @@ The README quotes ``docs/demo_result.json`` (Mask R-CNN) and
 ``docs/demo_result_retinanet.json`` (RetinaNet); a test checks that they
 agree and that the code the demos run (mmdyn, the demo configs, the tools)
 has not changed since the files were written. Run this for each demo after
-such a change, on an otherwise idle machine (5 to 7 minutes each on 2 CPU
+such a change, on an otherwise idle machine (5 to 9 minutes each on 2 CPU
 cores), and copy the printed lines into the README.
 """
 import warnings
