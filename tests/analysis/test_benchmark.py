@@ -123,9 +123,9 @@ def test_variants_are_config_overrides():
 
 
 def test_backbones(tmp_path):
-    # MMDetection's static ResNet too, whose train() returns None
+    # a static backbone of MMDetection's too, whose train() returns None
     static = osp.join(REPO, 'configs', 'baseline',
-                      'faster-rcnn_r50_fpn_1x_coco.py')
+                      'faster-rcnn_mobilenetv2_fpn_1x_coco.py')
     rows = benchmark.main([
         'backbone', '--model', DEMO, '--model', DEMO,
         'model.backbone.kernel_num=1', '--model', static, '--batch-size',
