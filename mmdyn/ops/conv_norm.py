@@ -24,13 +24,16 @@ def applies(conv: nn.Module, norm: nn.Module, x: Tensor) -> bool:
     """Whether :func:`conv_then_norm` hands ``norm`` the bias that ``conv``
     can leave (``forward_split_bias``): ``norm`` is a BatchNorm using
     running statistics (eval mode, as with ``norm_eval=True``) of ``x``'s
-    dtype, and neither has hooks (both are computed without being called).
+    dtype, autocast is off (under it the norm computes in float32 and
+    returns autocast's dtype; the conv then adds the bias), and neither has
+    hooks (both are computed without being called).
     Whether there is a bias to hand over, the fused op that makes it
     decides through :func:`~mmdyn.ops.dispatch.may_fuse`, once."""
     return (hasattr(conv, 'forward_split_bias') and x.dim() == 4
             and isinstance(norm, BatchNormBase) and not norm.training
             and norm.running_var is not None
             and norm.running_var.dtype == x.dtype
+            and not torch.is_autocast_enabled(x.device.type)
             and not has_hooks([conv, norm]))
 
 

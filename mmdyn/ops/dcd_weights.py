@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import may_fuse
+from .dispatch import may_fuse, outside_autocast, pixel_sums
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest dynamic branch and largest latent space the kernels take.
@@ -269,7 +269,7 @@ def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
     the DCD paper, its BatchNorms folded in, from
     :class:`FusedDCDWeights`; call where :func:`applies`."""
     bn1, bn2 = layer.bn1, layer.bn2
-    tensors = (x.sum(dim=(2, 3)), x.shape[2] * x.shape[3],
+    tensors = (pixel_sums(x), x.shape[2] * x.shape[3],
                layer.fc[0].weight, layer.fc[1].weight, layer.fc_phi.weight,
                layer.fc_scale.weight, layer.p.weight.flatten(1),
                layer.q.weight.flatten(1), layer.conv.weight,
@@ -280,4 +280,5 @@ def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
         isinstance(t, Tensor) and t.requires_grad for t in tensors)
     shape = FoldShape(layer.kernel_size, float(layer.temperature),
                       float(bn1.eps), float(bn2.eps), save)
-    return FusedDCDWeights.apply(shape, *tensors)
+    with outside_autocast(x):
+        return FusedDCDWeights.apply(shape, *tensors)

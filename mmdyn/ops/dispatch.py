@@ -10,9 +10,13 @@ compute, forward and backward. It may run only where it computes the same:
 - Triton is installed, and the input is on a CUDA device (or, in mode
   ``'always'``, on a CPU with Triton's interpreter, ``TRITON_INTERPRET=1``:
   how the tests run the kernels without a GPU);
-- the input and the parameters the op reads are float32 or float64, the
-  input is not empty, and autocast is off (the kernels compute in the
-  input's precision);
+- the input is not empty, and either autocast is off and the input and
+  the parameters the op reads share one dtype, float32 or float64 (the
+  kernels compute in it), or autocast is on and those parameters are
+  float32, the input float32, float16 or bfloat16: the op then computes in
+  float32 from the input's float32 pixel sums, as the layers' attention
+  branches do under autocast, and autocast casts the weights it makes for
+  the convolution (:func:`compute_dtype`);
 - no ``torch.compile``, ``torch.jit`` tracing or scripting is running (they
   trace the layer's own operations);
 - no hooks are registered on the modules the op stands in for, nor global
@@ -106,10 +110,35 @@ def may_fuse(x: Tensor, tensors: Sequence[Optional[Tensor]],
     if not (x.is_cuda or (_mode == 'always' and x.device.type == 'cpu'
                           and interpreting())):
         return False
-    if x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+    dtype = compute_dtype(x)
+    if dtype is None or x.numel() == 0:
         return False
-    if any(t is not None and t.dtype != x.dtype for t in tensors):
+    if any(t is not None and t.dtype != dtype for t in tensors):
         return False
-    if torch.is_autocast_enabled(x.device.type) or tracing_or_compiling():
-        return False
-    return not has_hooks(stands_in_for)
+    return not (tracing_or_compiling() or has_hooks(stands_in_for))
+
+
+def compute_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype a fused op computes in for input ``x`` (that of the
+    parameters it reads), or None where no fused op runs: ``x``'s own,
+    float32 or float64; under autocast float32, for an ``x`` of float32,
+    float16 or bfloat16 (a half-precision sum over a feature map's pixels
+    can overflow; the pooled sums are taken in float32)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.float32 if x.dtype in (
+            torch.float32, torch.float16, torch.bfloat16) else None
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else None
+
+
+def pixel_sums(x: Tensor) -> Tensor:
+    """The sums over H and W of ``x`` (B, C, H, W) as (B, C), in the
+    dtype a fused op computes in (:func:`compute_dtype`)."""
+    return x.sum(dim=(2, 3), dtype=compute_dtype(x))
+
+
+def outside_autocast(x: Tensor):
+    """A context without autocast on ``x``'s device, for the op's own
+    float32 computation (a no-op context where autocast is off)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import may_fuse
+from .dispatch import may_fuse, outside_autocast, pixel_sums
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest attention branch the backward kernel takes in one tile.
@@ -233,8 +233,10 @@ def odconv_weights(layer, x: Tensor) -> Tensor:
         head = getattr(att, name, None)
         heads += [None, None] if head is None else [head.weight.contiguous(),
                                                     head.bias]
-    return FusedODConvWeights.apply(
-        _layout(layer), x.sum(dim=(2, 3)), x.shape[2] * x.shape[3],
-        float(layer.temperature), att.fc.weight.contiguous(), bn.weight,
-        bn.bias, bn.running_mean, bn.running_var, bn.eps, *heads,
-        layer.weight.contiguous())
+    pooled = pixel_sums(x)  # in float32 under autocast: outside the block
+    with outside_autocast(x):
+        return FusedODConvWeights.apply(
+            _layout(layer), pooled, x.shape[2] * x.shape[3],
+            float(layer.temperature), att.fc.weight.contiguous(), bn.weight,
+            bn.bias, bn.running_mean, bn.running_var, bn.eps, *heads,
+            layer.weight.contiguous())

@@ -60,7 +60,7 @@ def test_refused(case):
             lambda *a: None)
     try:
         with fused_ops('always'):
-            if case == 'autocast':
+            if case == 'autocast':  # float64 is not autocast's
                 with torch.autocast('cpu', dtype=torch.bfloat16):
                     assert not may_fuse(x, tensors, modules)
             elif case == 'tracing':
@@ -74,6 +74,22 @@ def test_refused(case):
     finally:
         if handle is not None:
             handle.remove()
+
+
+@needs_triton
+def test_under_autocast_the_ops_compute_in_float32():
+    """Under autocast a fused op computes in float32, its parameters'
+    dtype, from float32 pixel sums of a float32, float16 or bfloat16
+    input."""
+    x, tensors, modules = _case(torch.float32)
+    with fused_ops('always'), torch.autocast('cpu', dtype=torch.bfloat16):
+        for inp in (x, x.bfloat16(), x.half()):
+            assert dispatch.compute_dtype(inp) == torch.float32
+            assert may_fuse(inp, tensors, modules)
+            assert dispatch.pixel_sums(inp).dtype == torch.float32
+        assert not may_fuse(x, [t.bfloat16() for t in tensors], modules)
+        assert not may_fuse(x.double(), tensors, modules)
+    assert dispatch.compute_dtype(x.bfloat16()) is None
 
 
 def test_mode_always_without_triton_says_how_to_fix(monkeypatch):

@@ -546,6 +546,34 @@ def test_gpu_accumulation_padding_and_autocast():
 
 
 @gpu
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('method', ['odconv-1x', 'odconv-4x', 'dcd'])
+def test_gpu_fused_ops_under_autocast_in_graphs(method, dtype, monkeypatch):
+    """A training step under autocast (as with AmpOptimWrapper), the fused
+    ops running: the graphed backbone's outputs and gradients equal the
+    eager one's."""
+    from layer_cases import ApplySpy
+    from mmdyn.ops import dcd_weights, odconv_weights
+    spy = ApplySpy(monkeypatch, dcd_weights.FusedDCDWeights
+                   if method == 'dcd' else odconv_weights.FusedODConvWeights)
+    eager, graphed, runner = twins(method)
+    eager.train()
+    graphed.train()
+    for _ in range(2):  # a capture, then a replay
+        x = cuda_randn(2, 3, 96, 128)
+        with torch.autocast('cuda', dtype=dtype):
+            expected, actual = eager(x), graphed(x)
+        assert all(o.dtype == dtype for o in actual)
+        assert_close_all(actual, expected, rtol=1e-2, atol=1e-2)
+        weights = [torch.randn_like(o) for o in expected]
+        assert_close_all(grads_of(graphed, actual, weights),
+                         grads_of(eager, expected, weights), rtol=1e-2,
+                         atol=1e-2)
+    assert spy.calls > 0
+    assert runner.stats == {'captures': 1, 'replays': 1}
+
+
+@gpu
 def test_gpu_inputs_that_outgrow_the_static_buffers():
     """Inference on one small image, then training on two larger ones: the
     static buffers grow, so the graphs go with their pool and are captured
