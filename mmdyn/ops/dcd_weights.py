@@ -32,6 +32,11 @@ from .triton_utils import accumulator, cdiv, next_pow2
 #: Widest dynamic branch and largest latent space the kernels take.
 MAX_SQUEEZE_CHANNELS = 512
 MAX_LATENT_DIM = 128
+#: Largest batch for which the op folds a layer into per-sample weights.
+#: Above it, the grouped conv that applies them (the batch in its groups)
+#: is slower than Eq. 4 on the activations: the static conv and the thin
+#: low-rank residual (``docs/speed.md``).
+MAX_FOLD_BATCH = 8
 
 
 class FoldShape(NamedTuple):
@@ -250,7 +255,8 @@ def applies(layer, x: Tensor) -> bool:
     ``x``: where :func:`~mmdyn.ops.dispatch.may_fuse` allows it (for the
     dynamic branch), both BatchNorms use running statistics (eval mode, as
     with ``norm_eval=True``: affine maps that fold into the weights), and
-    the layer is dense, pools to 1x1 and has a branch the kernels take."""
+    the layer is dense, pools to 1x1 and has a branch the kernels take,
+    and the batch is at most :data:`MAX_FOLD_BATCH`."""
     bn1, bn2 = layer.bn1, layer.bn2
     return (layer.groups == 1 and layer.pool_size == 1
             and all(isinstance(bn, BatchNormBase) and not bn.training
@@ -260,7 +266,8 @@ def applies(layer, x: Tensor) -> bool:
             and layer.latent_dim <= MAX_LATENT_DIM
             and may_fuse(x, [layer.conv.weight, layer.fc_phi.weight,
                              layer.p.weight],
-                         [layer.fc, layer.fc_phi, layer.fc_scale]))
+                         [layer.fc, layer.fc_phi, layer.fc_scale])
+            and x.shape[0] <= MAX_FOLD_BATCH)
 
 
 def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:

@@ -35,6 +35,12 @@ _FOLD_TILE = 4096
 _HEAD_ROWS = 64
 #: Most weights in the bank: one program takes the kernel head's rows.
 MAX_WEIGHTS = _HEAD_ROWS
+#: Largest batch for which the op makes per-sample weights for a layer that
+#: needs none (a 1x1 layer with one weight: a static conv between the
+#: channel and filter attentions). Above it, the grouped conv that applies
+#: per-sample weights (the batch in its groups) is slower than the dense
+#: conv and the two scalings (``docs/speed.md``).
+MAX_FOLD_BATCH = 8
 
 
 class FoldLayout(NamedTuple):
@@ -209,16 +215,20 @@ def applies(layer, x: Tensor) -> bool:
     """Whether :func:`odconv_weights` computes ``layer``'s weights for input
     ``x``: where :func:`~mmdyn.ops.dispatch.may_fuse` allows it (for the
     attention branch), the branch's BatchNorm uses running statistics
-    (eval mode, as with ``norm_eval=True``), and the layer is dense or
-    depthwise with an attention branch and a bank the kernels take."""
+    (eval mode, as with ``norm_eval=True``), the layer is dense or
+    depthwise with an attention branch and a bank the kernels take, and it
+    needs per-sample weights (a spatial or kernel-wise attention) or the
+    batch is at most :data:`MAX_FOLD_BATCH`."""
     att = layer.attention
     bn = att.bn
+    per_sample = layer.kernel_num > 1 or layer.kernel_size != (1, 1)
     return (isinstance(bn, BatchNormBase) and not bn.training
             and bn.running_mean is not None
             and (layer.groups == 1 or layer.is_depthwise)
             and att.fc.out_channels <= MAX_ATTENTION_CHANNELS
             and layer.kernel_num <= MAX_WEIGHTS
-            and may_fuse(x, [layer.weight, att.fc.weight], [att]))
+            and may_fuse(x, [layer.weight, att.fc.weight], [att])
+            and (per_sample or x.shape[0] <= MAX_FOLD_BATCH))
 
 
 def odconv_weights(layer, x: Tensor) -> Tensor:

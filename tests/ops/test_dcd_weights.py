@@ -84,7 +84,8 @@ def test_gradients_match_the_reference_at_several_tiles(
 
 
 @pytest.mark.parametrize('case', ['mode off', 'grouped', 'bn training',
-                                  'pool 2', 'hooked branch'])
+                                  'pool 2', 'hooked branch',
+                                  'batch above the limit'])
 def test_does_not_apply(case, monkeypatch):
     _needs_triton()
     spy = ApplySpy(monkeypatch, fused.FusedDCDWeights)
@@ -100,6 +101,8 @@ def test_does_not_apply(case, monkeypatch):
         layer.pool_size = 2
     elif case == 'hooked branch':
         layer.fc_phi.register_forward_hook(lambda *args: None)
+    elif case == 'batch above the limit':
+        monkeypatch.setattr(fused, 'MAX_FOLD_BATCH', x.shape[0] - 1)
     with fused_ops('off' if case == 'mode off' else 'always'):
         assert not fused.applies(layer, x)
         if case != 'pool 2':  # the flag alone does not make a 2x2 branch

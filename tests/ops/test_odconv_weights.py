@@ -72,6 +72,27 @@ def test_does_not_apply(case, monkeypatch):
     assert spy.calls == 0
 
 
+def test_above_the_batch_limit_only_where_weights_must_be_per_sample(
+        monkeypatch):
+    """Above MAX_FOLD_BATCH a 1x1 layer with one weight (a static conv
+    between two scalings) runs its own operations; a layer with a spatial
+    or kernel-wise attention still gets its weights from the op."""
+    _needs_triton('cpu')
+    spy = ApplySpy(monkeypatch, fused.FusedODConvWeights)
+    monkeypatch.setattr(fused, 'MAX_FOLD_BATCH', 2)
+    x = _input(batch=3)
+    pointwise = ODConv2d(8, 8, 1).double().eval()
+    with fused_ops('always'), torch.no_grad():
+        assert fused.applies(_layer(kernel_num=1), x)  # spatial
+        assert fused.applies(ODConv2d(8, 8, 1, kernel_num=4).double().eval(),
+                             x)  # kernel-wise
+        assert fused.applies(pointwise, x[:2])
+        assert not fused.applies(pointwise, x)
+        torch.testing.assert_close(pointwise(x), odconv_reference(pointwise,
+                                                                  x))
+    assert spy.calls == 0
+
+
 def test_off_on_a_cpu_in_the_default_mode():
     assert not fused.applies(_layer(), _input())
 
