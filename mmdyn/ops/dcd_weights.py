@@ -26,17 +26,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import may_fuse, outside_autocast, pixel_sums
+from .dispatch import (folding_pays, may_fuse, outside_autocast,
+                       pixel_sums)
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest dynamic branch and largest latent space the kernels take.
 MAX_SQUEEZE_CHANNELS = 512
 MAX_LATENT_DIM = 128
-#: Largest batch for which the op folds a layer into per-sample weights.
-#: Above it, the grouped conv that applies them (the batch in its groups)
-#: is slower than Eq. 4 on the activations: the static conv and the thin
-#: low-rank residual (``docs/speed.md``).
-MAX_FOLD_BATCH = 8
 
 
 class FoldShape(NamedTuple):
@@ -256,7 +252,8 @@ def applies(layer, x: Tensor) -> bool:
     dynamic branch), both BatchNorms use running statistics (eval mode, as
     with ``norm_eval=True``: affine maps that fold into the weights), and
     the layer is dense, pools to 1x1 and has a branch the kernels take,
-    and the batch is at most :data:`MAX_FOLD_BATCH`."""
+    and the batch is small enough for that to pay
+    (:func:`~mmdyn.ops.dispatch.folding_pays`)."""
     bn1, bn2 = layer.bn1, layer.bn2
     return (layer.groups == 1 and layer.pool_size == 1
             and all(isinstance(bn, BatchNormBase) and not bn.training
@@ -267,7 +264,7 @@ def applies(layer, x: Tensor) -> bool:
             and may_fuse(x, [layer.conv.weight, layer.fc_phi.weight,
                              layer.p.weight],
                          [layer.fc, layer.fc_phi, layer.fc_scale])
-            and x.shape[0] <= MAX_FOLD_BATCH)
+            and folding_pays(x))
 
 
 def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:

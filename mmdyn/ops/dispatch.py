@@ -44,6 +44,12 @@ from .triton_utils import interpreting, triton_installed
 MODES = ('auto', 'off', 'always')
 #: environment variable with the mode a process starts in
 ENV_VAR = 'MMDYN_FUSED_OPS'
+#: Largest batch for which a fused op folds attentions into per-sample
+#: weights where the layer's own operations need none (ODConv's 1x1 layers
+#: with one weight, every DCD layer). Above it, the grouped conv that
+#: applies per-sample weights (the batch in its groups) is slower than the
+#: dense conv with the attentions on the activations (``docs/speed.md``).
+MAX_FOLD_BATCH = 8
 
 
 def _check_mode(mode: str, source: str) -> str:
@@ -116,6 +122,13 @@ def may_fuse(x: Tensor, tensors: Sequence[Optional[Tensor]],
     if any(t is not None and t.dtype != dtype for t in tensors):
         return False
     return not (tracing_or_compiling() or has_hooks(stands_in_for))
+
+
+def folding_pays(x: Tensor) -> bool:
+    """Whether a batch the size of ``x``'s is small enough to fold
+    attentions into per-sample weights that the layer itself would not
+    make (:data:`MAX_FOLD_BATCH`)."""
+    return x.shape[0] <= MAX_FOLD_BATCH
 
 
 def compute_dtype(x: Tensor) -> Optional[torch.dtype]:

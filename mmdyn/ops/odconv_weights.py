@@ -25,7 +25,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import may_fuse, outside_autocast, pixel_sums
+from .dispatch import (folding_pays, may_fuse, outside_autocast,
+                       pixel_sums)
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest attention branch the backward kernel takes in one tile.
@@ -35,12 +36,6 @@ _FOLD_TILE = 4096
 _HEAD_ROWS = 64
 #: Most weights in the bank: one program takes the kernel head's rows.
 MAX_WEIGHTS = _HEAD_ROWS
-#: Largest batch for which the op makes per-sample weights for a layer that
-#: needs none (a 1x1 layer with one weight: a static conv between the
-#: channel and filter attentions). Above it, the grouped conv that applies
-#: per-sample weights (the batch in its groups) is slower than the dense
-#: conv and the two scalings (``docs/speed.md``).
-MAX_FOLD_BATCH = 8
 
 
 class FoldLayout(NamedTuple):
@@ -218,7 +213,8 @@ def applies(layer, x: Tensor) -> bool:
     (eval mode, as with ``norm_eval=True``), the layer is dense or
     depthwise with an attention branch and a bank the kernels take, and it
     needs per-sample weights (a spatial or kernel-wise attention) or the
-    batch is at most :data:`MAX_FOLD_BATCH`."""
+    batch is small enough for that to pay
+    (:func:`~mmdyn.ops.dispatch.folding_pays`)."""
     att = layer.attention
     bn = att.bn
     per_sample = layer.kernel_num > 1 or layer.kernel_size != (1, 1)
@@ -228,7 +224,7 @@ def applies(layer, x: Tensor) -> bool:
             and att.fc.out_channels <= MAX_ATTENTION_CHANNELS
             and layer.kernel_num <= MAX_WEIGHTS
             and may_fuse(x, [layer.weight, att.fc.weight], [att])
-            and (per_sample or x.shape[0] <= MAX_FOLD_BATCH))
+            and (per_sample or folding_pays(x)))
 
 
 def odconv_weights(layer, x: Tensor) -> Tensor:

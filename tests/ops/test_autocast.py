@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from layer_cases import ApplySpy, make_layer
+from layer_cases import ApplySpy, make_layer, relative_error
 from mmdyn.ops import dcd_weights, fused_ops, odconv_weights
 
 #: (device, autocast dtype); a CPU autocasts to bfloat16 only
@@ -49,11 +49,6 @@ def _results(forward, layer, x, grad_out):
     return out, [out.detach().double()] + [g.double() for g in grads]
 
 
-def _error(got, expected):
-    return max((g - e).abs().max().item() / max(e.abs().max().item(), 1.0)
-               for g, e in zip(got, expected))
-
-
 def _case(layer_name, geometry, device, seed=0):
     layer, reference = make_layer(layer_name, geometry, dtype=torch.float32,
                                   seed=seed, device=device)
@@ -84,7 +79,7 @@ def test_fused_op_runs_under_autocast(layer_name, geometry, device, dtype,
         with fused_ops(mode), torch.autocast(device, dtype=dtype):
             out, got = _results(layer, layer, x, grad_out)
         assert out.dtype == dtype
-        errors[mode] = _error(got, expected)
+        errors[mode] = relative_error(got, expected)
     assert spy.calls == 1  # in mode 'always' only
     # the fused op is within the tolerance, as the layer's own operations
     # under autocast are
@@ -110,7 +105,7 @@ def test_tolerance_catches_a_dropped_or_doubled_attention(
                         mutate={attention: how})
     with fused_ops('always'), torch.autocast(device, dtype=dtype):
         got = _results(layer, layer, x, grad_out)[1]
-    assert _error(got, mutant) > 5 * TOLERANCE[dtype]
+    assert relative_error(got, mutant) > 5 * TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize('layer_name', ['odconv-4x-fused', 'dcd-fused'])

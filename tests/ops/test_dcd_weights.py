@@ -11,7 +11,7 @@ from layer_cases import (GEOMETRIES, ApplySpy, compare, make_layer, randomize,
                          triton_runs_here)
 from mmdyn.layers import DCDConv2d
 from mmdyn.ops import dcd_weights as fused
-from mmdyn.ops import fused_ops
+from mmdyn.ops import dispatch, fused_ops
 from reference import dcd_reference
 
 FOLDING = [name for name, geometry in GEOMETRIES.items() if geometry[6] == 1]
@@ -102,7 +102,7 @@ def test_does_not_apply(case, monkeypatch):
     elif case == 'hooked branch':
         layer.fc_phi.register_forward_hook(lambda *args: None)
     elif case == 'batch above the limit':
-        monkeypatch.setattr(fused, 'MAX_FOLD_BATCH', x.shape[0] - 1)
+        monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', x.shape[0] - 1)
     with fused_ops('off' if case == 'mode off' else 'always'):
         assert not fused.applies(layer, x)
         if case != 'pool 2':  # the flag alone does not make a 2x2 branch

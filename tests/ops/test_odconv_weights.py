@@ -8,7 +8,7 @@ import torch
 from conftest import DEVICES
 from layer_cases import ApplySpy, compare, randomize, triton_runs_here
 from mmdyn.layers import ODConv2d
-from mmdyn.ops import fused_ops
+from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import odconv_weights as fused
 from reference import odconv_reference
 
@@ -79,7 +79,7 @@ def test_above_the_batch_limit_only_where_weights_must_be_per_sample(
     or kernel-wise attention still gets its weights from the op."""
     _needs_triton('cpu')
     spy = ApplySpy(monkeypatch, fused.FusedODConvWeights)
-    monkeypatch.setattr(fused, 'MAX_FOLD_BATCH', 2)
+    monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 2)
     x = _input(batch=3)
     pointwise = ODConv2d(8, 8, 1).double().eval()
     with fused_ops('always'), torch.no_grad():
