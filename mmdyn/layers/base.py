@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops import per_sample_conv as fused_conv
 from .functional import per_sample_conv2d
 
 IntOrPair = Union[int, Tuple[int, int]]
@@ -186,7 +187,13 @@ class BaseDynamicConv2d(nn.Module):
     def per_sample(self, x: Tensor, weight: Tensor,
                    bias: Optional[Tensor] = None) -> Tensor:
         """Convolve each sample of ``x`` with its own weight ``weight[b]``
-        (and bias ``bias[b]``) in this layer's geometry."""
+        (and bias ``bias[b]``) in this layer's geometry: by the fused op
+        where it applies (:mod:`mmdyn.ops.per_sample_conv`), else by one
+        grouped ``F.conv2d``."""
+        if fused_conv.applies(self, x, weight, bias):
+            return fused_conv.per_sample_conv(
+                x, weight, bias,
+                fused_conv.Geometry(self.stride, self.padding, self.dilation))
         return per_sample_conv2d(x, weight, bias, self.stride, self.padding,
                                  self.dilation, self.groups)
 

@@ -1,0 +1,188 @@
+"""A convolution with one weight per sample, as a fused op: what
+:func:`mmdyn.layers.functional.per_sample_conv2d` computes with cuDNN's
+grouped convolution (the batch folded into its groups), as three Triton
+implicit-GEMM kernels (:mod:`mmdyn.ops.per_sample_conv_kernels`): output,
+input gradient, weight gradient.
+
+Each kernel multiplies one sample's pixels by that sample's own weights,
+reading the input in its own layout (NCHW or channels-last) and gathering
+each tap by index. The grouped conv instead converts NCHW activations to
+the layout its kernels need and back around every layer, and its backward
+takes cuDNN's older grouped kernels (``docs/design.md``).
+
+It takes dense layers (``groups == 1``) in float32 (TF32 where PyTorch
+allows it for convolutions, ``torch.backends.cudnn.allow_tf32``, as the
+conv it stands in for), and, under autocast, float16 or bfloat16 with
+float32 accumulation; in Triton's CPU interpreter also float64, which is
+how the tests hold it to the reference formulation.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .dispatch import may_fuse, outside_autocast
+from .triton_utils import accumulator, cdiv
+
+#: The weight gradient is split over the pixels into parts until the
+#: kernel has about this many programs (two per streaming multiprocessor
+#: of an H100 and an H200), so that small batches fill the GPU.
+_MIN_PROGRAMS = 264
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class Geometry(NamedTuple):
+    """A layer's geometry, as ``F.conv2d`` takes it."""
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+
+
+def applies(layer, x: Tensor, weight: Tensor,
+            bias: Optional[Tensor]) -> bool:
+    """Whether :func:`per_sample_conv` convolves ``x`` (B, C, H, W) with
+    ``weight`` (B, CO, C, kh, kw) for ``layer``: a dense layer
+    (``groups == 1``), where :func:`~mmdyn.ops.dispatch.may_fuse` allows a
+    fused op, on a GPU in float32, or under autocast in its float16 or
+    bfloat16 (in the CPU interpreter, which may_fuse allows only in mode
+    ``'always'``, float64 too, and no bfloat16)."""
+    if layer.groups != 1 or not may_fuse(x, (), ()):
+        return False
+    tensors = [x, weight] + ([] if bias is None else [bias])
+    in_interpreter = not x.is_cuda
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        # Triton's CPU interpreter multiplies bfloat16 tiles wrongly
+        return dtype == torch.float16 or (dtype == torch.bfloat16
+                                          and not in_interpreter)
+    dtypes = (torch.float32, torch.float64) if in_interpreter else \
+        (torch.float32, )
+    return all(t.dtype == x.dtype for t in tensors) and x.dtype in dtypes
+
+
+def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                    geometry: Geometry) -> Tensor:
+    """``out[b] = F.conv2d(x[b], weight[b], bias[b], *geometry)`` for every
+    sample ``b``; call where :func:`applies`. Under autocast the three are
+    cast to autocast's dtype first, as autocast casts a conv's operands."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with outside_autocast(x):
+        return PerSampleConv.apply(x, weight, bias, geometry)
+
+
+def _tiles(dtype: torch.dtype, rows: int, cols: int) -> dict:
+    """Tile sizes and warps of a (rows x cols) output tile's kernel."""
+    if dtype == torch.float64:  # the interpreter only
+        return dict(BM=32, BN=32, BK=16, num_warps=4)
+    rows = 128 if rows >= 128 else 64
+    cols = 128 if cols >= 128 else 64
+    return dict(BM=rows, BN=cols, BK=32 if dtype == torch.float32 else 64,
+                num_warps=8 if rows * cols >= 128 * 128 else 4,
+                num_stages=3)
+
+
+def _output_size(x: Tensor, weight: Tensor, g: Geometry) -> Tuple[int, int]:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(x.shape[-2:], weight.shape[-2:],
+                                          g.stride, g.padding, g.dilation))
+
+
+def _like(x: Tensor, shape) -> Tensor:
+    """An empty tensor of ``shape`` in ``x``'s memory format."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if channels_last
+                       else torch.contiguous_format)
+
+
+class PerSampleConv(torch.autograd.Function):
+    """:func:`per_sample_conv` forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                geometry: Geometry) -> Tensor:
+        from . import per_sample_conv_kernels as kernels
+        weight = weight.contiguous()
+        batch, channels, height, width = x.shape
+        out_channels, _, kh, kw = weight.shape[1:]
+        out_h, out_w = _output_size(x, weight, geometry)
+        y = _like(x, (batch, out_channels, out_h, out_w))
+        tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+        tiles = _tiles(x.dtype, out_h * out_w, out_channels)
+        grid = (cdiv(out_h * out_w, tiles['BM']),
+                cdiv(out_channels, tiles['BN']), batch)
+        kernels.conv_fwd[grid](
+            x, weight, weight if bias is None else bias.contiguous(), y,
+            channels, height, width, out_channels, out_h, out_w, *x.stride(),
+            *weight.stride()[:3], *y.stride(), *geometry.stride,
+            *geometry.padding, *geometry.dilation, KW=kw, TAPS=kh * kw,
+            HAS_BIAS=bias is not None, TF32=tf32,
+            ACC=accumulator(x.dtype), **tiles)
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = geometry
+        ctx.tf32 = tf32
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        from . import per_sample_conv_kernels as kernels
+        x, weight = ctx.saved_tensors
+        g = ctx.geometry
+        batch, channels, height, width = x.shape
+        out_channels, _, kh, kw = weight.shape[1:]
+        out_h, out_w = grad_y.shape[-2:]
+        taps = kh * kw
+        acc = accumulator(x.dtype)
+        args = [*g.stride, *g.padding, *g.dilation]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _like(x, x.shape)
+            tiles = _tiles(x.dtype, height * width, channels)
+            grid = (cdiv(height * width, tiles['BM']),
+                    cdiv(channels, tiles['BN']), batch)
+            kernels.conv_bwd_input[grid](
+                grad_y, weight, grad_x, channels, height, width,
+                out_channels, out_h, out_w, *grad_y.stride(),
+                *weight.stride()[:3], *grad_x.stride(), *args, KW=kw,
+                TAPS=taps, TF32=ctx.tf32, ACC=acc, **tiles)
+        if ctx.needs_input_grad[1]:
+            grad_w = _weight_grad(kernels, grad_y, x, weight.shape, g,
+                                  ctx.tf32, acc)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(dim=(2, 3), dtype=torch.float32 if
+                                x.dtype in _HALF else x.dtype).to(x.dtype)
+        return grad_x, grad_w, grad_b, None
+
+
+def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
+                 tf32: bool, acc) -> Tensor:
+    """The weight gradient (B, CO, C, kh, kw): each program sums one part of
+    the output pixels, and the parts are added in a fixed order."""
+    batch, out_channels, channels, kh, kw = shape
+    height, width = x.shape[-2:]
+    out_h, out_w = grad_y.shape[-2:]
+    tiles = _tiles(x.dtype, out_channels, channels)
+    blocks = cdiv(out_h * out_w, tiles['BK'])
+    programs = (cdiv(out_channels, tiles['BM']) *
+                cdiv(channels, tiles['BN']) * kh * kw * batch)
+    parts = max(1, min(blocks, cdiv(_MIN_PROGRAMS, programs)))
+    per_part = cdiv(blocks, parts)
+    parts = cdiv(blocks, per_part)
+    sums = torch.empty((parts, ) + tuple(shape), device=x.device,
+                       dtype=torch.float64 if x.dtype == torch.float64
+                       else torch.float32)
+    grid = (cdiv(out_channels, tiles['BM']) * cdiv(channels, tiles['BN']),
+            kh * kw, batch * parts)
+    kernels.conv_bwd_weights[grid](
+        grad_y, x, sums, channels, height, width, out_channels, out_h, out_w,
+        *grad_y.stride(), *x.stride(), *g.stride, *g.padding, *g.dilation,
+        batch, per_part, KW=kw, TAPS=kh * kw, TF32=tf32, ACC=acc, **tiles)
+    return (sums[0] if parts == 1 else sums.sum(dim=0)).to(x.dtype)

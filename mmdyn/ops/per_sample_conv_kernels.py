@@ -1,0 +1,145 @@
+"""Triton kernels of the per-sample convolution (see
+:mod:`mmdyn.ops.per_sample_conv`, which launches them).
+
+Each is an implicit GEMM over one sample: the sample's pixels times its own
+weights, the taps of the filter gathered from the input by index (no
+unfolded copy). Shapes, for sample ``b``: input ``x`` (C, H, W), weights
+``w`` (CO, C, TAPS) with ``TAPS = KH * KW`` taps ``t = kh * KW + kw``, output
+``y`` (CO, OH, OW). Tensors are addressed by their strides, so NCHW and
+channels-last inputs are read in place. Products accumulate in float32 (or
+float64 for float64 inputs, in the interpreter); float32 operands go
+through TF32 where ``TF32`` is set.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
+    if TF32:
+        return tl.dot(a, b, input_precision='tf32', out_dtype=ACC)
+    return tl.dot(a, b, input_precision='ieee', out_dtype=ACC)
+
+
+@triton.jit
+def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, sxb, sxc, sxh, sxw, swb,
+             swo, swc, syb, syc, syh, syw, SH, SW, PH, PW, DH, DW,
+             KW: tl.constexpr, TAPS: tl.constexpr, HAS_BIAS: tl.constexpr,
+             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, ACC: tl.constexpr):
+    """``y[o, p] = sum_{c, t} w[o, c, t] x[c, p shifted by tap t] (+ bias[o])``
+    for a (BM output pixels, BN output channels) tile. Grid (cdiv(OH * OW,
+    BM), cdiv(CO, BN), B)."""
+    b = tl.program_id(2).to(tl.int64)
+    p = tl.program_id(0) * BM + tl.arange(0, BM)
+    o = tl.program_id(1) * BN + tl.arange(0, BN)
+    p_in = p < OH * OW
+    o_in = o < CO
+    oh = p // OW
+    ow = p % OW
+    xb = x + b * sxb
+    wb = w + b * swb
+    acc = tl.zeros([BM, BN], ACC)
+    # one flat loop over (input-channel block, tap): the taps of a block
+    # read overlapping windows of the input and adjacent weights
+    for step in range(0, tl.cdiv(C, BK) * TAPS):
+        c = (step // TAPS) * BK + tl.arange(0, BK)
+        t = step % TAPS
+        ih = oh * SH - PH + (t // KW) * DH
+        iw = ow * SW - PW + (t % KW) * DW
+        inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        c_in = c < C
+        a = tl.load(xb + ih[:, None] * sxh + iw[:, None] * sxw +
+                    c[None, :] * sxc, mask=inside[:, None] & c_in[None, :],
+                    other=0)
+        k = tl.load(wb + o[None, :] * swo + c[:, None] * swc + t,
+                    mask=c_in[:, None] & o_in[None, :], other=0)
+        acc += _dot(a, k, TF32, ACC)
+    if HAS_BIAS:
+        acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
+    tl.store(y + b * syb + (oh * syh + ow * syw)[:, None] + o[None, :] * syc,
+             acc.to(y.dtype.element_ty), mask=p_in[:, None] & o_in[None, :])
+
+
+@triton.jit
+def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw, swb,
+                   swo, swc, sxb, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                   KW: tl.constexpr, TAPS: tl.constexpr, TF32: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   ACC: tl.constexpr):
+    """``gx[c, q] = sum_{o, t} w[o, c, t] gy[o, p]`` over the output pixels
+    ``p`` whose tap ``t`` reads input pixel ``q``, for a (BM input pixels,
+    BN input channels) tile. Grid (cdiv(H * W, BM), cdiv(C, BN), B)."""
+    b = tl.program_id(2).to(tl.int64)
+    q = tl.program_id(0) * BM + tl.arange(0, BM)
+    c = tl.program_id(1) * BN + tl.arange(0, BN)
+    q_in = q < H * W
+    c_in = c < C
+    ih = q // W
+    iw = q % W
+    gyb = gy + b * sgb
+    wb = w + b * swb
+    acc = tl.zeros([BM, BN], ACC)
+    for step in range(0, tl.cdiv(CO, BK) * TAPS):
+        o = (step // TAPS) * BK + tl.arange(0, BK)
+        t = step % TAPS
+        # the output pixel whose tap t reads (ih, iw), where there is one
+        rows = ih + PH - (t // KW) * DH
+        cols = iw + PW - (t % KW) * DW
+        oh = rows // SH
+        ow = cols // SW
+        hit = q_in & (rows >= 0) & (cols >= 0) & (rows % SH == 0) & \
+            (cols % SW == 0) & (oh < OH) & (ow < OW)
+        o_in = o < CO
+        a = tl.load(gyb + oh[:, None] * sgh + ow[:, None] * sgw +
+                    o[None, :] * sgc, mask=hit[:, None] & o_in[None, :],
+                    other=0)
+        k = tl.load(wb + o[:, None] * swo + c[None, :] * swc + t,
+                    mask=o_in[:, None] & c_in[None, :], other=0)
+        acc += _dot(a, k, TF32, ACC)
+    tl.store(gx + b * sxb + (ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+             acc.to(gx.dtype.element_ty), mask=q_in[:, None] & c_in[None, :])
+
+
+@triton.jit
+def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw,
+                     sxb, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW, B,
+                     BLOCKS_PER_PART, KW: tl.constexpr, TAPS: tl.constexpr,
+                     TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, ACC: tl.constexpr):
+    """One part of ``gw[o, c, t] = sum_p gy[o, p] x[c, p shifted by tap
+    t]``: the sum over output pixels ``[part * BLOCKS_PER_PART * BK, (part +
+    1) * BLOCKS_PER_PART * BK)``, for a (BM output channels, BN input
+    channels) tile of one tap, written to ``parts[part, b]`` (B, CO, C,
+    TAPS); the caller adds the parts in order. Grid (cdiv(CO, BM) * cdiv(C,
+    BN), TAPS, B * parts)."""
+    tiles_c = tl.cdiv(C, BN)
+    o = (tl.program_id(0) // tiles_c) * BM + tl.arange(0, BM)
+    c = (tl.program_id(0) % tiles_c) * BN + tl.arange(0, BN)
+    t = tl.program_id(1)
+    b = (tl.program_id(2) % B).to(tl.int64)
+    part = tl.program_id(2) // B
+    o_in = o < CO
+    c_in = c < C
+    dh = (t // KW) * DH - PH
+    dw = (t % KW) * DW - PW
+    gyb = gy + b * sgb
+    xb = x + b * sxb
+    acc = tl.zeros([BM, BN], ACC)
+    first = part * BLOCKS_PER_PART * BK
+    for p0 in range(first, first + BLOCKS_PER_PART * BK, BK):
+        p = p0 + tl.arange(0, BK)
+        p_in = p < OH * OW
+        oh = p // OW
+        ow = p % OW
+        ih = oh * SH + dh
+        iw = ow * SW + dw
+        inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        g = tl.load(gyb + o[:, None] * sgc + (oh * sgh + ow * sgw)[None, :],
+                    mask=o_in[:, None] & p_in[None, :], other=0)
+        a = tl.load(xb + (ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                    mask=inside[:, None] & c_in[None, :], other=0)
+        acc += _dot(g, a, TF32, ACC)
+    out = parts + ((part * B + b) * CO * C * TAPS + t)
+    tl.store(out + (o[:, None] * C + c[None, :]) * TAPS, acc,
+             mask=o_in[:, None] & c_in[None, :])

@@ -1,0 +1,205 @@
+"""The per-sample convolution as a fused op (mmdyn/ops/per_sample_conv.py):
+its output and gradients against one ``F.conv2d`` per sample, where it
+applies and where not, and the layers that take it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layer_cases import (ApplySpy, compare, fused_mode, make_layer,
+                         relative_error, triton_runs_here)
+from mmdyn.layers import ODConv2d
+from mmdyn.ops import fused_ops
+from mmdyn.ops import per_sample_conv as fused_conv
+
+# (in, out, kernel, stride, padding, dilation, H, W): every index path of
+# the kernels, and channel counts that fill no tile (the float64 tiles are
+# 32 x 32, 16 deep)
+GEOMETRIES = {
+    '1x1': (5, 7, 1, 1, 0, 1, 6, 5),
+    '3x3-stride2': (6, 9, 3, 2, 1, 1, 7, 8),
+    '3x3-dilated': (4, 6, 3, 1, 2, 2, 6, 7),
+    '5x3-asymmetric': (3, 5, (5, 3), (1, 2), (2, 0), 1, 7, 9),
+    'several-tiles': (40, 70, 3, 1, 1, 1, 7, 6),
+}
+
+
+def _needs_triton(device='cpu'):
+    if not triton_runs_here(device):
+        pytest.skip('needs Triton: on CUDA, or triton >= 3.9 for its CPU '
+                    'interpreter')
+
+
+def _case(name, batch=3, bias=True, dtype=torch.float64, device='cpu',
+          seed=0):
+    c, co, k, s, p, d, h, w = GEOMETRIES[name]
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, c, h, w, generator=gen, dtype=torch.float64)
+    weight = torch.randn(batch, co, c, *k, generator=gen,
+                         dtype=torch.float64)
+    b = torch.randn(batch, co, generator=gen, dtype=torch.float64)
+    tensors = [t.to(device, dtype) for t in (x, weight, b)]
+    if not bias:
+        tensors[2] = None
+    return tensors, fused_conv.Geometry(s, p, d)
+
+
+def _reference(x, weight, bias, g):
+    """One ``F.conv2d`` per sample."""
+    return torch.cat([
+        F.conv2d(x[i:i + 1], weight[i], None if bias is None else bias[i],
+                 stride=g.stride, padding=g.padding, dilation=g.dilation)
+        for i in range(x.shape[0])
+    ])
+
+
+def _forward_backward(conv, tensors, g, grad_out=None):
+    """Output and gradients of input, weights and bias (where given)."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True)
+              for t in tensors]
+    out = conv(*leaves, g)
+    if grad_out is None:
+        grad_out = torch.randn_like(out)
+    (out * grad_out).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves if t is not None], \
+        grad_out
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('geometry', sorted(GEOMETRIES))
+def test_equals_one_conv_per_sample(geometry, bias):
+    _needs_triton()
+    tensors, g = _case(geometry, bias=bias)
+    with fused_ops('always'):
+        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
+                                          tensors, g)
+    expected, _ = _forward_backward(_reference, tensors, g, grad_out)
+    assert relative_error(got, expected) < 1e-8
+
+
+def test_weight_gradient_in_one_part_and_in_many(monkeypatch):
+    """The weight gradient sums the pixels in parts: one part, and as many
+    as there are pixel blocks, give the same."""
+    _needs_triton()
+    tensors, g = _case('3x3-stride2')
+    results = []
+    for programs in (1, 10 ** 6):
+        monkeypatch.setattr(fused_conv, '_MIN_PROGRAMS', programs)
+        with fused_ops('always'):
+            got, grad_out = _forward_backward(
+                fused_conv.per_sample_conv, tensors, g,
+                None if not results else results[0][1])
+        results.append((got, grad_out))
+    expected, _ = _forward_backward(_reference, tensors, g, results[0][1])
+    for got, _ in results:
+        assert relative_error(got, expected) < 1e-8
+
+
+@pytest.mark.parametrize('wrong', ['neighbour weights', 'neighbour input'])
+def test_a_sample_convolved_with_its_neighbours_data_fails(wrong):
+    """Negative checks: the comparison sees a kernel that reads the next
+    sample's weights (output, input gradient) or input (weight gradient)."""
+    _needs_triton()
+    tensors, g = _case('3x3-stride2', bias=False)
+    with fused_ops('always'):
+        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
+                                          tensors, g)
+    x, weight, _ = tensors
+    if wrong == 'neighbour weights':
+        weight = weight.roll(1, dims=0)
+        checked = [0, 1]  # output, input gradient
+    else:
+        x = x.roll(1, dims=0)
+        checked = [2]  # weight gradient
+    expected, _ = _forward_backward(_reference, [x, weight, None], g,
+                                    grad_out)
+    for i in checked:
+        assert relative_error([got[i]], [expected[i]]) > 1e-2
+
+
+def test_keeps_a_channels_last_input_in_its_layout():
+    _needs_triton()
+    tensors, g = _case('3x3-dilated')
+    tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
+    with fused_ops('always'):
+        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
+                                          tensors, g)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[1].is_contiguous(memory_format=torch.channels_last)
+    expected, _ = _forward_backward(_reference, tensors, g, grad_out)
+    assert relative_error(got, expected) < 1e-8
+
+
+@pytest.mark.parametrize('case', ['mode off', 'grouped', 'float16',
+                                  'mixed dtypes'])
+def test_does_not_apply(case):
+    _needs_triton()
+    layer = ODConv2d(8, 8, 3, padding=1, kernel_num=4,
+                     groups=4 if case == 'grouped' else 1)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    weight = torch.randn(2, 8, 8 // layer.groups, 3, 3, dtype=torch.float64)
+    if case == 'float16':
+        x, weight = x.half(), weight.half()
+    elif case == 'mixed dtypes':
+        weight = weight.float()
+    with fused_ops('off' if case == 'mode off' else 'always'):
+        assert not fused_conv.applies(layer, x, weight, None)
+
+
+@pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'odconv-4x-fused',
+                                        'condconv'])
+def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch):
+    """The layers' per-sample convs go through the op (with fused ops on)
+    and still equal the reference formulation, forward and backward."""
+    _needs_triton()
+    spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
+    layer, reference = make_layer(layer_name, '3x3-stride2')
+    x = torch.randn(3, 8, 7, 6, dtype=torch.float64)
+    with fused_ops('always'):
+        compare(layer.eval(), reference, x, atol=1e-8)
+    assert spy.calls == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('precision', ['tf32', 'float16', 'bfloat16'])
+@pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
+def test_gpu_reduced_precision_within_tolerance(precision, layout):
+    """On the GPU in TF32, and under autocast in float16 / bfloat16, against
+    the float32 reference: output and gradients within 5e-3 (bfloat16:
+    3e-2, its 8-bit mantissa) of their scale, over realistic channels."""
+    _needs_triton('cuda')
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 20, 24, generator=gen)
+    weight = torch.randn(2, 96, 64, 3, 3, generator=gen) / 24
+    bias = torch.randn(2, 96, generator=gen)
+    tensors = [t.cuda() for t in (x, weight, bias)]
+    if layout == 'channels-last':
+        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
+    g = fused_conv.Geometry((1, 1), (1, 1), (1, 1))
+    expected, grad_out = _forward_backward(_reference, tensors, g)
+    torch.backends.cudnn.allow_tf32 = precision == 'tf32'
+    with fused_ops('auto'):
+        if precision == 'tf32':
+            got, _ = _forward_backward(fused_conv.per_sample_conv, tensors,
+                                       g, grad_out)
+        else:
+            dtype = getattr(torch, precision)
+            with torch.autocast('cuda', dtype=dtype):
+                got, _ = _forward_backward(fused_conv.per_sample_conv,
+                                           tensors, g, grad_out)
+            assert got[0].dtype == dtype
+    got = [t.float() for t in got]
+    assert relative_error(got, expected) < (
+        3e-2 if precision == 'bfloat16' else 5e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_layer_in_float32_equals_reference(device='cuda'):
+    """A fused ODConv (4x) layer in float32 on the GPU (TF32 off) takes the
+    op and equals its reference formulation."""
+    _needs_triton(device)
+    layer, reference = make_layer('odconv-4x-fused', '3x3', device=device,
+                                  dtype=torch.float32)
+    x = torch.randn(2, 8, 9, 7, device=device)
+    with fused_mode('odconv-4x-fused'):
+        compare(layer.eval(), reference, x, atol=1e-4)
