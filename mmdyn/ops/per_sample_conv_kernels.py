@@ -22,8 +22,9 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, sxb, sxc, sxh, sxw, swb,
-             swo, swc, syb, syc, syh, syw, SH, SW, PH, PW, DH, DW,
+def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, stride_xb, stride_xc,
+             stride_xh, stride_xw, stride_wb, stride_wo, stride_wc, stride_yb,
+             stride_yc, stride_yh, stride_yw, SH, SW, PH, PW, DH, DW,
              KW: tl.constexpr, TAPS: tl.constexpr, HAS_BIAS: tl.constexpr,
              TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
              BK: tl.constexpr, ACC: tl.constexpr):
@@ -37,8 +38,8 @@ def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, sxb, sxc, sxh, sxw, swb,
     o_in = o < CO
     oh = p // OW
     ow = p % OW
-    xb = x + b * sxb
-    wb = w + b * swb
+    xb = x + b * stride_xb
+    wb = w + b * stride_wb
     acc = tl.zeros([BM, BN], ACC)
     # one flat loop over (input-channel block, tap): the taps of a block
     # read overlapping windows of the input and adjacent weights
@@ -49,24 +50,29 @@ def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, sxb, sxc, sxh, sxw, swb,
         iw = ow * SW - PW + (t % KW) * DW
         inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         c_in = c < C
-        a = tl.load(xb + ih[:, None] * sxh + iw[:, None] * sxw +
-                    c[None, :] * sxc, mask=inside[:, None] & c_in[None, :],
+        a = tl.load(xb + ih[:, None] * stride_xh + iw[:, None] * stride_xw +
+                    c[None, :] * stride_xc,
+                    mask=inside[:, None] & c_in[None, :],
                     other=0)
-        k = tl.load(wb + o[None, :] * swo + c[:, None] * swc + t,
-                    mask=c_in[:, None] & o_in[None, :], other=0)
+        k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t,
+                    mask=c_in[:, None] & o_in[None, :],
+                    other=0)
         acc += _dot(a, k, TF32, ACC)
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
-    tl.store(y + b * syb + (oh * syh + ow * syw)[:, None] + o[None, :] * syc,
-             acc.to(y.dtype.element_ty), mask=p_in[:, None] & o_in[None, :])
+    tl.store(y + b * stride_yb + (oh * stride_yh + ow * stride_yw)[:, None] +
+             o[None, :] * stride_yc,
+             acc.to(y.dtype.element_ty),
+             mask=p_in[:, None] & o_in[None, :])
 
 
 @triton.jit
-def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw, swb,
-                   swo, swc, sxb, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                   KW: tl.constexpr, TAPS: tl.constexpr, TF32: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   ACC: tl.constexpr):
+def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
+                   stride_gh, stride_gw, stride_wb, stride_wo, stride_wc,
+                   stride_xb, stride_xc, stride_xh, stride_xw, SH, SW, PH, PW,
+                   DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
+                   TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                   BK: tl.constexpr, ACC: tl.constexpr):
     """``gx[c, q] = sum_{o, t} w[o, c, t] gy[o, p]`` over the output pixels
     ``p`` whose tap ``t`` reads input pixel ``q``, for a (BM input pixels,
     BN input channels) tile. Grid (cdiv(H * W, BM), cdiv(C, BN), B)."""
@@ -77,8 +83,8 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw, swb,
     c_in = c < C
     ih = q // W
     iw = q % W
-    gyb = gy + b * sgb
-    wb = w + b * swb
+    gyb = gy + b * stride_gb
+    wb = w + b * stride_wb
     acc = tl.zeros([BM, BN], ACC)
     for step in range(0, tl.cdiv(CO, BK) * TAPS):
         o = (step // TAPS) * BK + tl.arange(0, BK)
@@ -91,22 +97,27 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw, swb,
         hit = q_in & (rows >= 0) & (cols >= 0) & (rows % SH == 0) & \
             (cols % SW == 0) & (oh < OH) & (ow < OW)
         o_in = o < CO
-        a = tl.load(gyb + oh[:, None] * sgh + ow[:, None] * sgw +
-                    o[None, :] * sgc, mask=hit[:, None] & o_in[None, :],
+        a = tl.load(gyb + oh[:, None] * stride_gh + ow[:, None] * stride_gw +
+                    o[None, :] * stride_gc,
+                    mask=hit[:, None] & o_in[None, :],
                     other=0)
-        k = tl.load(wb + o[:, None] * swo + c[None, :] * swc + t,
-                    mask=o_in[:, None] & c_in[None, :], other=0)
+        k = tl.load(wb + o[:, None] * stride_wo + c[None, :] * stride_wc + t,
+                    mask=o_in[:, None] & c_in[None, :],
+                    other=0)
         acc += _dot(a, k, TF32, ACC)
-    tl.store(gx + b * sxb + (ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
-             acc.to(gx.dtype.element_ty), mask=q_in[:, None] & c_in[None, :])
+    tl.store(gx + b * stride_xb + (ih * stride_xh + iw * stride_xw)[:, None] +
+             c[None, :] * stride_xc,
+             acc.to(gx.dtype.element_ty),
+             mask=q_in[:, None] & c_in[None, :])
 
 
 @triton.jit
-def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw,
-                     sxb, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW, B,
-                     BLOCKS_PER_PART, KW: tl.constexpr, TAPS: tl.constexpr,
-                     TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, ACC: tl.constexpr):
+def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
+                     stride_gh, stride_gw, stride_xb, stride_xc, stride_xh,
+                     stride_xw, SH, SW, PH, PW, DH, DW, B, BLOCKS_PER_PART,
+                     KW: tl.constexpr, TAPS: tl.constexpr, TF32: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                     ACC: tl.constexpr):
     """One part of ``gw[o, c, t] = sum_p gy[o, p] x[c, p shifted by tap
     t]``: the sum over output pixels ``[part * BLOCKS_PER_PART * BK, (part +
     1) * BLOCKS_PER_PART * BK)``, for a (BM output channels, BN input
@@ -123,8 +134,8 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw,
     c_in = c < C
     dh = (t // KW) * DH - PH
     dw = (t % KW) * DW - PW
-    gyb = gy + b * sgb
-    xb = x + b * sxb
+    gyb = gy + b * stride_gb
+    xb = x + b * stride_xb
     acc = tl.zeros([BM, BN], ACC)
     first = part * BLOCKS_PER_PART * BK
     for p0 in range(first, first + BLOCKS_PER_PART * BK, BK):
@@ -135,11 +146,16 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, sgb, sgc, sgh, sgw,
         ih = oh * SH + dh
         iw = ow * SW + dw
         inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        g = tl.load(gyb + o[:, None] * sgc + (oh * sgh + ow * sgw)[None, :],
-                    mask=o_in[:, None] & p_in[None, :], other=0)
-        a = tl.load(xb + (ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
-                    mask=inside[:, None] & c_in[None, :], other=0)
+        g = tl.load(gyb + o[:, None] * stride_gc +
+                    (oh * stride_gh + ow * stride_gw)[None, :],
+                    mask=o_in[:, None] & p_in[None, :],
+                    other=0)
+        a = tl.load(xb + (ih * stride_xh + iw * stride_xw)[:, None] +
+                    c[None, :] * stride_xc,
+                    mask=inside[:, None] & c_in[None, :],
+                    other=0)
         acc += _dot(g, a, TF32, ACC)
     out = parts + ((part * B + b) * CO * C * TAPS + t)
-    tl.store(out + (o[:, None] * C + c[None, :]) * TAPS, acc,
+    tl.store(out + (o[:, None] * C + c[None, :]) * TAPS,
+             acc,
              mask=o_in[:, None] & c_in[None, :])

@@ -2,7 +2,8 @@
 the CPU. The CPU interpreter that runs the kernels in the other tests does
 not type-check them as the GPU compiler does: a loop-carried variable that
 changes shape, or two branches that give one name different types, pass
-there and fail on the first GPU."""
+there and fail on the first GPU; nor does it see a tile that needs more
+shared memory than the GPU has."""
 import os
 import subprocess
 import sys
@@ -34,19 +35,26 @@ KERNELS = {
                                      BR=32),
     'odconv_kernels.hidden_bwd': dict(HAS_AFFINE=True, BA=64, BR=16, BC=64),
 }
+#: the per-sample conv's kernels, at the tiles and warps the op launches
+CONV = dict(KW=3, TAPS=9, TF32=False, BM=128, BN=128, BK=32)
+CONV_KERNELS = {
+    'per_sample_conv_kernels.conv_fwd': dict(CONV, HAS_BIAS=True),
+    'per_sample_conv_kernels.conv_bwd_input': CONV,
+    'per_sample_conv_kernels.conv_bwd_weights': CONV,
+}
 
 SCRIPT = '''
 import importlib, inspect, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+SHARED_MEMORY = 232448  # per block on an H100 (227 KiB)
 FLOATS = {'eps', 'eps1', 'eps2', 'temperature'}
 failed = []
-for name, consts, acc in eval(sys.argv[1]):
+for name, consts, acc, pointer, options in eval(sys.argv[1]):
     module, kernel = name.split('.')
     fn = getattr(importlib.import_module('mmdyn.ops.' + module), kernel)
     consts = dict(consts, ACC=eval(acc))
-    pointer = '*fp64' if acc == 'tl.float64' else '*fp32'
     params = list(inspect.signature(fn.fn).parameters)
     signature = {}
     for index, param in enumerate(params):
@@ -54,17 +62,21 @@ for name, consts, acc in eval(sys.argv[1]):
             signature[param] = 'constexpr'
         elif param in FLOATS:
             signature[param] = 'fp32'
-        elif param.isupper() or param in ('hw', 'n_blocks', 'n_row_tiles',
-                                           'n_col_tiles'):
+        elif param.isupper() or param.startswith('stride_') or param in (
+                'hw', 'n_blocks', 'n_row_tiles', 'n_col_tiles'):
             signature[param] = 'i32'
         else:
             signature[param] = pointer
     source = ASTSource(fn=fn, signature=signature, constexprs={
         (params.index(k), ): v for k, v in consts.items()})
     try:
-        triton.compile(source, target=GPUTarget('cuda', 90, 32))
+        compiled = triton.compile(source, target=GPUTarget('cuda', 90, 32),
+                                  options=options)
+        if compiled.metadata.shared > SHARED_MEMORY:
+            failed.append(f'{name} ({acc}, {pointer}): needs '
+                          f'{compiled.metadata.shared} bytes of shared memory')
     except Exception as error:
-        failed.append(f'{name} ({acc}): {error}')
+        failed.append(f'{name} ({acc}, {pointer}): {error}')
 print('\\n\\n'.join(failed))
 sys.exit(1 if failed else 0)
 '''
@@ -73,8 +85,16 @@ sys.exit(1 if failed else 0)
 @pytest.mark.slow
 @pytest.mark.skipif(not triton_installed(), reason="needs Triton")
 def test_every_kernel_compiles_for_sm90():
-    launches = [(name, consts, acc) for name, consts in KERNELS.items()
-                for acc in (F32, F64)]
+    launches = [(name, consts, acc, '*fp64' if acc == F64 else '*fp32', {})
+                for name, consts in KERNELS.items() for acc in (F32, F64)]
+    # the conv kernels as the op launches them on a GPU: float32 with and
+    # without TF32, float16 and bfloat16 (autocast), 8 warps, 3 stages
+    options = dict(num_warps=8, num_stages=3)
+    for name, consts in CONV_KERNELS.items():
+        launches += [(name, dict(consts, TF32=True), F32, '*fp32', options),
+                     (name, consts, F32, '*fp32', options)]
+        launches += [(name, dict(consts, BK=64), F32, pointer, options)
+                     for pointer in ('*fp16', '*bf16')]
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env.setdefault('TRITON_DEFAULT_FP_FUSION', '1')
     result = subprocess.run([sys.executable, '-c', SCRIPT, repr(launches)],
