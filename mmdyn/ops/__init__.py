@@ -4,9 +4,10 @@ that decides where they may run (:mod:`mmdyn.ops.dispatch`).
 
 Each op is a module with an ``applies`` function and the computation
 itself: :mod:`.odconv_weights` (ODConv's attentions and per-sample weights),
-:mod:`.dcd_weights` (DCD's per-sample weights and biases) and
+:mod:`.dcd_weights` (DCD's per-sample weights and biases),
 :mod:`.conv_norm` (those biases added by the eval-mode BatchNorm after the
-conv). The layers in :mod:`mmdyn.layers` and the backbones' blocks call
+conv) and :mod:`.per_sample_conv` (per-sample weights applied at large
+batches). The layers in :mod:`mmdyn.layers` and the backbones' blocks call
 them; the layers' own PyTorch operations compute the same, and the tests
 hold both to the papers' reference formulation.
 """

@@ -1,9 +1,10 @@
 """Whether a fused op may stand in for part of a layer's forward: the one
 place that decides it.
 
-A fused op (:mod:`mmdyn.ops.odconv_weights`, :mod:`mmdyn.ops.dcd_weights`)
-computes with a few Triton kernels what the layer's PyTorch operations
-compute, forward and backward. It may run only where it computes the same:
+A fused op (:mod:`mmdyn.ops.odconv_weights`, :mod:`mmdyn.ops.dcd_weights`,
+:mod:`mmdyn.ops.per_sample_conv`) computes with a few Triton kernels what
+the layer's PyTorch operations compute, forward and backward. It may run
+only where it computes the same:
 
 - the process allows fused ops (:func:`set_fused_ops`; ``'auto'`` unless
   the environment variable ``MMDYN_FUSED_OPS`` says otherwise);
@@ -44,11 +45,13 @@ from .triton_utils import interpreting, triton_installed
 MODES = ('auto', 'off', 'always')
 #: environment variable with the mode a process starts in
 ENV_VAR = 'MMDYN_FUSED_OPS'
-#: Largest batch for which a fused op folds attentions into per-sample
-#: weights where the layer's own operations need none (ODConv's 1x1 layers
-#: with one weight, every DCD layer). Above it, the grouped conv that
-#: applies per-sample weights (the batch in its groups) is slower than the
-#: dense conv with the attentions on the activations (``docs/speed.md``).
+#: Largest batch at which cuDNN's grouped conv (the batch in its groups) is
+#: the fast way to apply per-sample weights (``docs/speed.md``). Up to it,
+#: a fused op folds attentions into per-sample weights even where the
+#: layer's own operations need none (ODConv's 1x1 layers with one weight,
+#: every DCD layer); above it, such a layer computes on the activations
+#: around a dense conv, and the per-sample weights a layer does need are
+#: applied by :mod:`.per_sample_conv` instead of the grouped conv.
 MAX_FOLD_BATCH = 8
 
 

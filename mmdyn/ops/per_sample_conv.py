@@ -6,15 +6,17 @@ input gradient, weight gradient.
 
 Each kernel multiplies one sample's pixels by that sample's own weights,
 reading the input in its own layout (NCHW or channels-last) and gathering
-each tap by index. The grouped conv instead converts NCHW activations to
-the layout its kernels need and back around every layer, and its backward
-takes cuDNN's older grouped kernels (``docs/design.md``).
+each tap by index. cuDNN's grouped conv runs one group per sample, and with
+hundreds of samples (the papers' ImageNet protocol, batch 200) it is several
+times slower than the dense conv of the same work; at a detector's few
+images per GPU it is faster than these kernels (``docs/speed.md``).
 
-It takes dense layers (``groups == 1``) in float32 (TF32 where PyTorch
-allows it for convolutions, ``torch.backends.cudnn.allow_tf32``, as the
-conv it stands in for), and, under autocast, float16 or bfloat16 with
-float32 accumulation; in Triton's CPU interpreter also float64, which is
-how the tests hold it to the reference formulation.
+So the op takes dense layers (``groups == 1``) at batches above
+:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, in float32 (TF32 where PyTorch
+allows it for convolutions, ``torch.backends.cudnn.allow_tf32``, as for the
+conv it stands in for) and, under autocast, in float16 or bfloat16 with
+float32 accumulation; in Triton's CPU interpreter also in float64, which
+is how the tests hold it to the reference formulation.
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .dispatch import may_fuse, outside_autocast
+from .dispatch import folding_pays, may_fuse, outside_autocast
 from .triton_utils import accumulator, cdiv
 
 #: The weight gradient is split over the pixels into parts until the
@@ -43,11 +45,14 @@ def applies(layer, x: Tensor, weight: Tensor,
             bias: Optional[Tensor]) -> bool:
     """Whether :func:`per_sample_conv` convolves ``x`` (B, C, H, W) with
     ``weight`` (B, CO, C, kh, kw) for ``layer``: a dense layer
-    (``groups == 1``), where :func:`~mmdyn.ops.dispatch.may_fuse` allows a
-    fused op, on a GPU in float32, or under autocast in its float16 or
-    bfloat16 (in the CPU interpreter, which may_fuse allows only in mode
-    ``'always'``, float64 too, and no bfloat16)."""
-    if layer.groups != 1 or not may_fuse(x, (), ()):
+    (``groups == 1``), a batch above
+    :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` (up to it cuDNN's grouped
+    conv is the faster one, ``docs/speed.md``), where
+    :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op, on a GPU in
+    float32, or under autocast in its float16 or bfloat16 (in the CPU
+    interpreter, which may_fuse allows only in mode ``'always'``, float64
+    too, and no bfloat16)."""
+    if layer.groups != 1 or folding_pays(x) or not may_fuse(x, (), ()):
         return False
     tensors = [x, weight] + ([] if bias is None else [bias])
     in_interpreter = not x.is_cuda

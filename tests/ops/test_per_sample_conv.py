@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from layer_cases import (ApplySpy, compare, fused_mode, make_layer,
                          relative_error, triton_runs_here)
 from mmdyn.layers import ODConv2d
-from mmdyn.ops import fused_ops
+from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import per_sample_conv as fused_conv
 
 # (in, out, kernel, stride, padding, dilation, H, W): every index path of
@@ -130,14 +130,26 @@ def test_keeps_a_channels_last_input_in_its_layout():
     assert relative_error(got, expected) < 1e-8
 
 
-@pytest.mark.parametrize('case', ['mode off', 'grouped', 'float16',
-                                  'mixed dtypes'])
-def test_does_not_apply(case):
+@pytest.fixture
+def large_batch(monkeypatch):
+    """Batches of 2 and more count as large: the op applies to them."""
+    monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
+
+
+@pytest.mark.parametrize('case', ['applies', 'mode off', 'grouped',
+                                  'float16', 'mixed dtypes', 'small batch'])
+def test_applies_only_where_it_should(case, monkeypatch):
     _needs_triton()
+    if case != 'small batch':
+        monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
     layer = ODConv2d(8, 8, 3, padding=1, kernel_num=4,
                      groups=4 if case == 'grouped' else 1)
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     weight = torch.randn(2, 8, 8 // layer.groups, 3, 3, dtype=torch.float64)
+    if case == 'applies':
+        with fused_ops('always'):
+            assert fused_conv.applies(layer, x, weight, None)
+        return
     if case == 'float16':
         x, weight = x.half(), weight.half()
     elif case == 'mixed dtypes':
@@ -148,9 +160,11 @@ def test_does_not_apply(case):
 
 @pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'odconv-4x-fused',
                                         'condconv'])
-def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch):
-    """The layers' per-sample convs go through the op (with fused ops on)
-    and still equal the reference formulation, forward and backward."""
+def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch,
+                                                  large_batch):
+    """The layers' per-sample convs go through the op (with fused ops on,
+    at a large batch) and still equal the reference formulation, forward
+    and backward."""
     _needs_triton()
     spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
     layer, reference = make_layer(layer_name, '3x3-stride2')
@@ -194,7 +208,7 @@ def test_gpu_reduced_precision_within_tolerance(precision, layout):
 
 
 @pytest.mark.gpu
-def test_gpu_layer_in_float32_equals_reference(device='cuda'):
+def test_gpu_layer_in_float32_equals_reference(large_batch, device='cuda'):
     """A fused ODConv (4x) layer in float32 on the GPU (TF32 off) takes the
     op and equals its reference formulation."""
     _needs_triton(device)
