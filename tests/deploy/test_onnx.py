@@ -2,6 +2,7 @@
 every dynamic backbone exports with a dynamic batch and size, and ONNX
 Runtime computes what PyTorch computes; the formulation against the
 grouped convolution; the guards."""
+import copy
 import logging
 from unittest import mock
 
@@ -100,10 +101,46 @@ EXPORTED = [n for n in BACKBONES if 'static' not in n]
 @pytest.mark.slow
 @pytest.mark.parametrize('name', EXPORTED)
 def test_backbone_exports_and_runs_in_onnxruntime(name, tmp_path):
-    """One file, batch 1 and 3, two sizes; BatchNorms folded first."""
+    """One file, batch 1 and 3, two sizes; BatchNorms folded first.
+
+    ONNX Runtime within TOLERANCE of PyTorch, both in float32, where
+    PyTorch's float32 is itself that close to the float64 result. Where it
+    is not (a ResNet-50 CondConv's last stage, on some CPUs 2.6e-4 from
+    float64), the two float32 results differ by their rounding, not the
+    export: ONNX Runtime must then be as close to the float64 result as
+    PyTorch's float32 is (within twice its error, as in test_fuse.py)."""
     model = calibrated(name, torch.float32)
     path = export_onnx(fuse_conv_bn(model), torch.randn(2, 3, 64, 96),
                        str(tmp_path / f'{name}.onnx'))
     inputs = [torch.randn(1, 3, 64, 96), torch.randn(3, 3, 96, 64)]
-    assert compare_with_onnxruntime(calibrated(name, torch.float32), path,
-                                    inputs) < TOLERANCE
+    model = calibrated(name, torch.float32)
+    exact = _InFloat64(copy.deepcopy(model).double())
+    torch_error = _largest_error(model, exact, inputs)
+    if torch_error < TOLERANCE / 2:
+        assert compare_with_onnxruntime(model, path, inputs) < TOLERANCE
+    else:
+        assert compare_with_onnxruntime(exact, path, inputs) < \
+            2 * torch_error
+
+
+class _InFloat64(torch.nn.Module):
+    """A float64 model that takes float32 inputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.double())
+
+
+def _largest_error(model, exact, inputs):
+    """compare_with_onnxruntime's measure between two PyTorch models."""
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            for got, expected in zip(model(x), exact(x), strict=True):
+                scale = expected.abs().max().clamp(min=1e-12)
+                worst = max(worst, ((got.double() - expected).abs().max() /
+                                    scale).item())
+    return worst
