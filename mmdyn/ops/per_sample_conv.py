@@ -12,7 +12,11 @@ times slower than the dense conv of the same work; at a detector's few
 images per GPU it is faster than these kernels (``docs/speed.md``).
 
 So the op takes dense layers (``groups == 1``) at batches above
-:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, in float32 (TF32 where PyTorch
+:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, and at smaller batches (two
+images or more, outside autocast) the pointwise (1x1) layers over large
+feature maps (:data:`MIN_POINTWISE_PIXELS`), where cuDNN's grouped conv
+converts between memory layouts around a product that the op computes in
+place; in float32 (TF32 where PyTorch
 allows it for convolutions, ``torch.backends.cudnn.allow_tf32``, as for the
 conv it stands in for) and, under autocast, in float16 or bfloat16 with
 float32 accumulation; in Triton's CPU interpreter also in float64, which
@@ -32,6 +36,11 @@ from .triton_utils import accumulator, cdiv
 #: of an H100 and an H200), so that small batches fill the GPU.
 _MIN_PROGRAMS = 264
 _HALF = (torch.float16, torch.bfloat16)
+#: Up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images, the op is the
+#: faster one for a 1x1 layer whose output has at least this many pixels
+#: (in float32; ``docs/speed.md``), e.g. a ResNet's first two stages at a
+#: detector's 800x1333 input.
+MIN_POINTWISE_PIXELS = 128 * 128
 
 
 class Geometry(NamedTuple):
@@ -45,14 +54,13 @@ def applies(layer, x: Tensor, weight: Tensor,
             bias: Optional[Tensor]) -> bool:
     """Whether :func:`per_sample_conv` convolves ``x`` (B, C, H, W) with
     ``weight`` (B, CO, C, kh, kw) for ``layer``: a dense layer
-    (``groups == 1``), a batch above
-    :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` (up to it cuDNN's grouped
-    conv is the faster one, ``docs/speed.md``), where
+    (``groups == 1``) where the op is the faster one (:func:`_pays`) and
     :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op, on a GPU in
     float32, or under autocast in its float16 or bfloat16 (in the CPU
     interpreter, which may_fuse allows only in mode ``'always'``, float64
     too, and no bfloat16)."""
-    if layer.groups != 1 or folding_pays(x) or not may_fuse(x, (), ()):
+    if layer.groups != 1 or not _pays(layer, x, weight) or \
+            not may_fuse(x, (), ()):
         return False
     tensors = [x, weight] + ([] if bias is None else [bias])
     in_interpreter = not x.is_cuda
@@ -64,6 +72,22 @@ def applies(layer, x: Tensor, weight: Tensor,
     dtypes = (torch.float32, torch.float64) if in_interpreter else \
         (torch.float32, )
     return all(t.dtype == x.dtype for t in tensors) and x.dtype in dtypes
+
+
+def _pays(layer, x: Tensor, weight: Tensor) -> bool:
+    """Whether the op is faster than cuDNN's grouped conv for this layer and
+    input: at every batch above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`
+    (the grouped conv slows down with its group count); below it, from two
+    images on and outside autocast, on a 1x1 layer with at least
+    :data:`MIN_POINTWISE_PIXELS` output pixels."""
+    if not folding_pays(x):
+        return True
+    if x.shape[0] < 2 or torch.is_autocast_enabled(x.device.type) or \
+            weight.shape[-2:] != (1, 1):
+        return False
+    out_h, out_w = _output_size(
+        x, weight, Geometry(layer.stride, layer.padding, layer.dilation))
+    return out_h * out_w >= MIN_POINTWISE_PIXELS
 
 
 def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],

@@ -158,6 +158,31 @@ def test_applies_only_where_it_should(case, monkeypatch):
         assert not fused_conv.applies(layer, x, weight, None)
 
 
+@pytest.mark.parametrize('case', [
+    'large map', 'stride over large map', 'small map', 'one image', '3x3',
+    'autocast'
+])
+def test_small_batches_take_it_only_for_1x1_layers_over_large_maps(case):
+    """Up to MAX_FOLD_BATCH, only a 1x1 layer whose output has
+    MIN_POINTWISE_PIXELS pixels or more, from two images on, outside
+    autocast, takes the op (applies is decided from shapes alone)."""
+    _needs_triton()
+    side = 128 if case != 'small map' else 127
+    kernel = 3 if case == '3x3' else 1
+    stride = 2 if case == 'stride over large map' else 1
+    layer = ODConv2d(4, 4, kernel, stride=stride, padding=kernel // 2)
+    batch = 1 if case == 'one image' else 2
+    # float32 under autocast, which the op would otherwise take
+    dtype = torch.float32 if case == 'autocast' else torch.float64
+    x = torch.randn(batch, 4, side * stride, side, dtype=dtype)
+    weight = torch.randn(batch, 4, 4, kernel, kernel, dtype=dtype)
+    expected = case == 'large map'
+    autocast = torch.autocast('cpu', dtype=torch.float16,
+                              enabled=case == 'autocast')
+    with fused_ops('always'), autocast:
+        assert fused_conv.applies(layer, x, weight, None) is expected
+
+
 @pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'odconv-4x-fused',
                                         'condconv'])
 def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch,
