@@ -242,3 +242,18 @@ def test_gpu_layer_in_float32_equals_reference(large_batch, device='cuda'):
     x = torch.randn(2, 8, 9, 7, device=device)
     with fused_mode('odconv-4x-fused'):
         compare(layer.eval(), reference, x, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_small_batch_1x1_layer_equals_reference(monkeypatch):
+    """At 2 images, a fused 1x1 ODConv (4x) layer over a 128x128 map takes
+    the op (no fold limit changed) and equals its reference formulation in
+    float32 (TF32 off)."""
+    _needs_triton('cuda')
+    spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
+    layer, reference = make_layer('odconv-4x-fused', '1x1', device='cuda',
+                                  dtype=torch.float32)
+    x = torch.randn(2, 8, 128, 128, device='cuda')
+    with fused_mode('odconv-4x-fused'):
+        compare(layer.eval(), reference, x, atol=1e-4)
+    assert spy.calls == 1

@@ -300,6 +300,30 @@ def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
 
 
 @gpu
+@pytest.mark.parametrize('method', ['odconv-1x', 'dcd'])
+def test_replay_with_the_per_sample_conv_op(method, monkeypatch):
+    """At 2 images of 512x512 the first stages' 1x1 layers take the
+    per-sample conv op (maps of 128x128): graphed equals eager, output and
+    gradients."""
+    from layer_cases import ApplySpy
+    from mmdyn.ops import per_sample_conv
+    eager, graphed, _ = twins(method)
+    eager.train()
+    graphed.train()
+    spy = ApplySpy(monkeypatch, per_sample_conv.PerSampleConv)
+    x = cuda_randn(2, 3, 512, 512)
+    expected = eager(x)
+    assert spy.calls > 0
+    actual = graphed(x)
+    assert_close_all(actual, expected, rtol=1e-5, atol=1e-6)
+    weights = [torch.randn_like(o) for o in expected]
+    loss = sum((o * w).sum() for o, w in zip(actual, weights))
+    actual_grads = torch.autograd.grad(loss, trainable(graphed))
+    assert_close_all(actual_grads, grads_of(eager, expected, weights),
+                     rtol=1e-5, atol=1e-6)
+
+
+@gpu
 def test_gradients_accumulate_in_grad():
     eager, graphed, _ = twins()
     eager.train()
