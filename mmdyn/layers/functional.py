@@ -21,8 +21,7 @@ def global_avg_pool(x: Tensor,
     MMEngine's FLOP counter does, with or without gradients): the trace
     then shows one mean, counted the same in both modes."""
     dtype = x.dtype if dtype is None else dtype
-    accumulate = torch.float32 if x.dtype in (torch.float16,
-                                              torch.bfloat16) else x.dtype
+    accumulate = accumulation_dtype(x.dtype)
     if (x.requires_grad and torch.is_grad_enabled()
             and not torch.jit.is_tracing()):
         pooled = x.sum(dim=(2, 3), dtype=accumulate)
@@ -137,8 +136,8 @@ def per_sample_conv2d(x: Tensor,
     out_channels = weight.shape[1]
     if batch == 0:  # a conv cannot have zero groups
         return x.new_empty(0, out_channels,
-                           *_output_size(x, weight, stride, padding,
-                                         dilation))
+                           *conv_output_size(x, weight, stride, padding,
+                                             dilation))
     out = F.conv2d(
         x.reshape(1, batch * in_channels, height, width),
         weight.reshape(batch * out_channels, *weight.shape[2:]),
@@ -163,7 +162,7 @@ def per_sample_conv2d_unfolded(x: Tensor,
     dimension of the result, the batch included, follows the input's
     shape, which is what an exported graph with a dynamic batch needs."""
     batch, out_channels = weight.shape[:2]
-    out_h, out_w = _output_size(x, weight, stride, padding, dilation)
+    out_h, out_w = conv_output_size(x, weight, stride, padding, dilation)
     patches = F.unfold(x, weight.shape[-2:], dilation=dilation,
                        padding=padding, stride=stride)
     patches = patches.reshape(batch, groups, -1, out_h * out_w)
@@ -175,8 +174,17 @@ def per_sample_conv2d_unfolded(x: Tensor,
     return out
 
 
-def _output_size(x: Tensor, weight: Tensor, stride, padding,
-                 dilation) -> Tuple[int, int]:
+def conv_output_size(x: Tensor, weight: Tensor, stride, padding,
+                     dilation) -> Tuple[int, int]:
+    """(H, W) of a conv's output, for input ``x`` (..., H, W) and weights
+    (..., kh, kw)."""
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
                  for n, k, s, p, d in zip(x.shape[-2:], weight.shape[-2:],
                                           stride, padding, dilation))
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over a feature map are taken in for inputs of
+    ``dtype``: float64 for float64, float32 otherwise (a half-precision
+    sum over many pixels overflows or loses the small terms)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..layers.functional import accumulation_dtype, conv_output_size
 from .dispatch import folding_pays, may_fuse, outside_autocast
 from .triton_utils import accumulator, cdiv
 
@@ -35,7 +36,6 @@ from .triton_utils import accumulator, cdiv
 #: kernel has about this many programs (two per streaming multiprocessor
 #: of an H100 and an H200), so that small batches fill the GPU.
 _MIN_PROGRAMS = 264
-_HALF = (torch.float16, torch.bfloat16)
 #: Up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images, the op is the
 #: faster one for a 1x1 layer whose output has at least this many pixels
 #: (in float32; ``docs/speed.md``), e.g. a ResNet's first two stages at a
@@ -48,6 +48,10 @@ class Geometry(NamedTuple):
     stride: Tuple[int, int]
     padding: Tuple[int, int]
     dilation: Tuple[int, int]
+
+    def kernel_args(self) -> Tuple[int, ...]:
+        """SH, SW, PH, PW, DH, DW, as the kernels take them."""
+        return (*self.stride, *self.padding, *self.dilation)
 
 
 def applies(layer, x: Tensor, weight: Tensor,
@@ -85,8 +89,8 @@ def _pays(layer, x: Tensor, weight: Tensor) -> bool:
     if x.shape[0] < 2 or torch.is_autocast_enabled(x.device.type) or \
             weight.shape[-2:] != (1, 1):
         return False
-    out_h, out_w = _output_size(
-        x, weight, Geometry(layer.stride, layer.padding, layer.dilation))
+    out_h, out_w = conv_output_size(x, weight, layer.stride, layer.padding,
+                                    layer.dilation)
     return out_h * out_w >= MIN_POINTWISE_PIXELS
 
 
@@ -115,12 +119,6 @@ def _tiles(dtype: torch.dtype, rows: int, cols: int) -> dict:
                 num_stages=3)
 
 
-def _output_size(x: Tensor, weight: Tensor, g: Geometry) -> Tuple[int, int]:
-    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
-                 for n, k, s, p, d in zip(x.shape[-2:], weight.shape[-2:],
-                                          g.stride, g.padding, g.dilation))
-
-
 def _like(x: Tensor, shape) -> Tensor:
     """An empty tensor of ``shape`` in ``x``'s memory format."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) \
@@ -140,7 +138,7 @@ class PerSampleConv(torch.autograd.Function):
         weight = weight.contiguous()
         batch, channels, height, width = x.shape
         out_channels, _, kh, kw = weight.shape[1:]
-        out_h, out_w = _output_size(x, weight, geometry)
+        out_h, out_w = conv_output_size(x, weight, *geometry)
         y = _like(x, (batch, out_channels, out_h, out_w))
         tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
         tiles = _tiles(x.dtype, out_h * out_w, out_channels)
@@ -149,9 +147,8 @@ class PerSampleConv(torch.autograd.Function):
         kernels.conv_fwd[grid](
             x, weight, weight if bias is None else bias.contiguous(), y,
             channels, height, width, out_channels, out_h, out_w, *x.stride(),
-            *weight.stride()[:3], *y.stride(), *geometry.stride,
-            *geometry.padding, *geometry.dilation, KW=kw, TAPS=kh * kw,
-            HAS_BIAS=bias is not None, TF32=tf32,
+            *weight.stride()[:3], *y.stride(), *geometry.kernel_args(),
+            KW=kw, TAPS=kh * kw, HAS_BIAS=bias is not None, TF32=tf32,
             ACC=accumulator(x.dtype), **tiles)
         ctx.save_for_backward(x, weight)
         ctx.geometry = geometry
@@ -170,7 +167,6 @@ class PerSampleConv(torch.autograd.Function):
         out_h, out_w = grad_y.shape[-2:]
         taps = kh * kw
         acc = accumulator(x.dtype)
-        args = [*g.stride, *g.padding, *g.dilation]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _like(x, x.shape)
@@ -180,14 +176,14 @@ class PerSampleConv(torch.autograd.Function):
             kernels.conv_bwd_input[grid](
                 grad_y, weight, grad_x, channels, height, width,
                 out_channels, out_h, out_w, *grad_y.stride(),
-                *weight.stride()[:3], *grad_x.stride(), *args, KW=kw,
-                TAPS=taps, TF32=ctx.tf32, ACC=acc, **tiles)
+                *weight.stride()[:3], *grad_x.stride(), *g.kernel_args(),
+                KW=kw, TAPS=taps, TF32=ctx.tf32, ACC=acc, **tiles)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(kernels, grad_y, x, weight.shape, g,
                                   ctx.tf32, acc)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum(dim=(2, 3), dtype=torch.float32 if
-                                x.dtype in _HALF else x.dtype).to(x.dtype)
+            grad_b = grad_y.sum(dim=(2, 3),
+                                dtype=accumulation_dtype(x.dtype)).to(x.dtype)
         return grad_x, grad_w, grad_b, None
 
 
@@ -206,12 +202,11 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
     per_part = cdiv(blocks, parts)
     parts = cdiv(blocks, per_part)
     sums = torch.empty((parts, ) + tuple(shape), device=x.device,
-                       dtype=torch.float64 if x.dtype == torch.float64
-                       else torch.float32)
+                       dtype=accumulation_dtype(x.dtype))
     grid = (cdiv(out_channels, tiles['BM']) * cdiv(channels, tiles['BN']),
             kh * kw, batch * parts)
     kernels.conv_bwd_weights[grid](
         grad_y, x, sums, channels, height, width, out_channels, out_h, out_w,
-        *grad_y.stride(), *x.stride(), *g.stride, *g.padding, *g.dilation,
-        batch, per_part, KW=kw, TAPS=kh * kw, TF32=tf32, ACC=acc, **tiles)
+        *grad_y.stride(), *x.stride(), *g.kernel_args(), batch, per_part,
+        KW=kw, TAPS=kh * kw, TF32=tf32, ACC=acc, **tiles)
     return (sums[0] if parts == 1 else sums.sum(dim=0)).to(x.dtype)
