@@ -15,8 +15,9 @@ from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
 from torch import nn
 
+from layer_cases import ApplySpy
 import mmdyn
-from mmdyn.ops import fused_ops
+from mmdyn.ops import fused_ops, per_sample_conv
 from mmdyn.runtime import (CUDAGraphForward, disable_cuda_graph,
                            enable_cuda_graph, get_cuda_graph)
 from mmdyn.runtime import cuda_graph as cg
@@ -305,8 +306,6 @@ def test_replay_with_the_per_sample_conv_op(method, monkeypatch):
     """At 2 images of 512x512 the first stages' 1x1 layers take the
     per-sample conv op (maps of 128x128): graphed equals eager, output and
     gradients."""
-    from layer_cases import ApplySpy
-    from mmdyn.ops import per_sample_conv
     eager, graphed, _ = twins(method)
     eager.train()
     graphed.train()
