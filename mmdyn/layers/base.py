@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops import block_diagonal_conv as block_diagonal
 from ..ops import per_sample_conv as fused_conv
 from .functional import per_sample_conv2d
 
@@ -187,9 +188,13 @@ class BaseDynamicConv2d(nn.Module):
     def per_sample(self, x: Tensor, weight: Tensor,
                    bias: Optional[Tensor] = None) -> Tensor:
         """Convolve each sample of ``x`` with its own weight ``weight[b]``
-        (and bias ``bias[b]``) in this layer's geometry: by the fused op
-        where it applies (:mod:`mmdyn.ops.per_sample_conv`), else by one
-        grouped ``F.conv2d``."""
+        (and bias ``bias[b]``) in this layer's geometry: by one grouped
+        ``F.conv2d``, or where a faster form applies, by one dense conv over
+        a block-diagonal weight (:mod:`mmdyn.ops.block_diagonal_conv`) or
+        the fused op (:mod:`mmdyn.ops.per_sample_conv`)."""
+        if block_diagonal.applies(self, x, weight, bias):
+            return block_diagonal.block_diagonal_conv(
+                x, weight, bias, self.stride, self.padding, self.dilation)
         if fused_conv.applies(self, x, weight, bias):
             return fused_conv.per_sample_conv(
                 x, weight, bias,

@@ -12,13 +12,14 @@ times slower than the dense conv of the same work; at a detector's few
 images per GPU it is faster than these kernels (``docs/speed.md``).
 
 So the op takes dense layers (``groups == 1``) at batches above
-:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, and at smaller batches (two
-images or more, outside autocast) the pointwise (1x1) layers over large
-feature maps (:data:`MIN_POINTWISE_PIXELS`), where cuDNN's grouped conv
-converts between memory layouts around a product that the op computes in
-place; in float32 (TF32 where PyTorch
-allows it for convolutions, ``torch.backends.cudnn.allow_tf32``, as for the
-conv it stands in for) and, under autocast, in float16 or bfloat16 with
+:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, and at smaller batches (more
+images than :mod:`.block_diagonal_conv` takes, outside autocast) the
+pointwise (1x1) layers over large feature maps
+(:data:`MIN_POINTWISE_PIXELS`), where cuDNN's grouped conv converts between
+memory layouts around a product that the op computes in place; in
+float32 (TF32 where PyTorch allows it for convolutions,
+``torch.backends.cudnn.allow_tf32``, as for the conv it stands in for) and,
+under autocast, in float16 or bfloat16 with
 float32 accumulation; in Triton's CPU interpreter also in float64, which
 is how the tests hold it to the reference formulation.
 """
@@ -29,6 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..layers.functional import accumulation_dtype, conv_output_size
+from .block_diagonal_conv import BATCH as BLOCK_DIAGONAL_BATCH
 from .dispatch import folding_pays, may_fuse, outside_autocast
 from .triton_utils import accumulator, cdiv
 
@@ -36,10 +38,10 @@ from .triton_utils import accumulator, cdiv
 #: kernel has about this many programs (two per streaming multiprocessor
 #: of an H100 and an H200), so that small batches fill the GPU.
 _MIN_PROGRAMS = 264
-#: Up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images, the op is the
-#: faster one for a 1x1 layer whose output has at least this many pixels
-#: (in float32; ``docs/speed.md``), e.g. a ResNet's first two stages at a
-#: detector's 800x1333 input.
+#: From three up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images, the
+#: op is the faster one for a 1x1 layer whose output has at least this many
+#: pixels (in float32; ``docs/speed.md``), e.g. a ResNet's first two stages
+#: at a detector's 800x1333 input.
 MIN_POINTWISE_PIXELS = 128 * 128
 
 
@@ -63,8 +65,10 @@ def applies(layer, x: Tensor, weight: Tensor,
     float32, or under autocast in its float16 or bfloat16 (in the CPU
     interpreter, which may_fuse allows only in mode ``'always'``, float64
     too, and no bfloat16)."""
-    if layer.groups != 1 or not _pays(layer, x, weight) or \
-            not may_fuse(x, (), ()):
+    # may_fuse first: it refuses while a model is traced or exported, before
+    # a test of the batch size would fix it in the traced graph
+    if layer.groups != 1 or not may_fuse(x, (), ()) or \
+            not _pays(layer, x, weight):
         return False
     tensors = [x, weight] + ([] if bias is None else [bias])
     in_interpreter = not x.is_cuda
@@ -81,13 +85,14 @@ def applies(layer, x: Tensor, weight: Tensor,
 def _pays(layer, x: Tensor, weight: Tensor) -> bool:
     """Whether the op is faster than cuDNN's grouped conv for this layer and
     input: at every batch above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`
-    (the grouped conv slows down with its group count); below it, from two
-    images on and outside autocast, on a 1x1 layer with at least
-    :data:`MIN_POINTWISE_PIXELS` output pixels."""
+    (the grouped conv slows down with its group count); below it, with
+    more images than :mod:`.block_diagonal_conv` takes and outside
+    autocast, on a 1x1 layer with at least :data:`MIN_POINTWISE_PIXELS`
+    output pixels."""
     if not folding_pays(x):
         return True
-    if x.shape[0] < 2 or torch.is_autocast_enabled(x.device.type) or \
-            weight.shape[-2:] != (1, 1):
+    if x.shape[0] <= BLOCK_DIAGONAL_BATCH or weight.shape[-2:] != (1, 1) \
+            or torch.is_autocast_enabled(x.device.type):
         return False
     out_h, out_w = conv_output_size(x, weight, layer.stride, layer.padding,
                                     layer.dilation)

@@ -71,6 +71,20 @@ def test_one_layer_exports_with_a_dynamic_batch_and_size(tmp_path):
     assert compare_with_onnxruntime(layer, path, inputs) < TOLERANCE
 
 
+def test_a_1x1_layer_at_two_images_keeps_the_batch_free(tmp_path):
+    """At an example of two images over a 64x64 map, the size the
+    block-diagonal form is chosen for, the dispatch steps aside before it
+    reads the batch size, which would otherwise be fixed to 2."""
+    torch.manual_seed(0)
+    layer = ODConv2d(8, 12, 1, kernel_num=4).eval()
+    path = export_onnx(layer, torch.randn(2, 8, 64, 64),
+                       str(tmp_path / 'layer.onnx'))
+    batch = onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == 'batch'
+    inputs = [torch.randn(1, 8, 64, 64), torch.randn(3, 8, 64, 64)]
+    assert compare_with_onnxruntime(layer, path, inputs) < TOLERANCE
+
+
 @pytest.mark.slow
 def test_a_static_batch_uses_the_grouped_conv(tmp_path):
     layer = _layer()

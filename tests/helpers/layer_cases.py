@@ -133,15 +133,16 @@ def relative_error(got, expected):
 
 
 class ApplySpy:
-    """Counts the calls of an autograd Function (its ``apply``, replaced
-    through ``monkeypatch``): proof that a fused op ran."""
+    """Counts the calls of an autograd Function (its ``apply``), or of the
+    function ``name`` of a module, replaced through ``monkeypatch``: proof
+    that a fast path ran."""
 
-    def __init__(self, monkeypatch, function):
+    def __init__(self, monkeypatch, function, name='apply'):
         self.calls = 0
-        apply = function.apply
+        apply = getattr(function, name)
 
-        def counted(*args):
+        def counted(*args, **kwargs):
             self.calls += 1
-            return apply(*args)
+            return apply(*args, **kwargs)
 
-        monkeypatch.setattr(function, 'apply', counted)
+        monkeypatch.setattr(function, name, counted)

@@ -159,19 +159,20 @@ def test_applies_only_where_it_should(case, monkeypatch):
 
 
 @pytest.mark.parametrize('case', [
-    'large map', 'stride over large map', 'small map', 'one image', '3x3',
+    'large map', 'stride over large map', 'small map', 'two images', '3x3',
     'autocast'
 ])
 def test_small_batches_take_it_only_for_1x1_layers_over_large_maps(case):
     """Up to MAX_FOLD_BATCH, only a 1x1 layer whose output has
-    MIN_POINTWISE_PIXELS pixels or more, from two images on, outside
-    autocast, takes the op (applies is decided from shapes alone)."""
+    MIN_POINTWISE_PIXELS pixels or more, from three images on (two are the
+    block-diagonal form's), outside autocast, takes the op (applies is
+    decided from shapes alone)."""
     _needs_triton()
     side = 128 if case != 'small map' else 127
     kernel = 3 if case == '3x3' else 1
     stride = 2 if case == 'stride over large map' else 1
     layer = ODConv2d(4, 4, kernel, stride=stride, padding=kernel // 2)
-    batch = 1 if case == 'one image' else 2
+    batch = 2 if case == 'two images' else 3
     # float32 under autocast, which the op would otherwise take
     dtype = torch.float32 if case == 'autocast' else torch.float64
     x = torch.randn(batch, 4, side * stride, side, dtype=dtype)
@@ -246,14 +247,14 @@ def test_gpu_layer_in_float32_equals_reference(large_batch, device='cuda'):
 
 @pytest.mark.gpu
 def test_gpu_small_batch_1x1_layer_equals_reference(monkeypatch):
-    """At 2 images, a fused 1x1 ODConv (4x) layer over a 128x128 map takes
+    """At 3 images, a fused 1x1 ODConv (4x) layer over a 128x128 map takes
     the op (no fold limit changed) and equals its reference formulation in
     float32 (TF32 off)."""
     _needs_triton('cuda')
     spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
     layer, reference = make_layer('odconv-4x-fused', '1x1', device='cuda',
                                   dtype=torch.float32)
-    x = torch.randn(2, 8, 128, 128, device='cuda')
+    x = torch.randn(3, 8, 128, 128, device='cuda')
     with fused_mode('odconv-4x-fused'):
         compare(layer.eval(), reference, x, atol=1e-4)
     assert spy.calls == 1

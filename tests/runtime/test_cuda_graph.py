@@ -17,6 +17,7 @@ from torch import nn
 
 from layer_cases import ApplySpy
 import mmdyn
+from mmdyn.ops import block_diagonal_conv as block_diagonal
 from mmdyn.ops import fused_ops, per_sample_conv
 from mmdyn.runtime import (CUDAGraphForward, disable_cuda_graph,
                            enable_cuda_graph, get_cuda_graph)
@@ -301,16 +302,19 @@ def test_replay_node_gives_eager_outputs_and_gradients(method, dtype):
 
 
 @gpu
+@pytest.mark.parametrize('batch', [2, 3])
 @pytest.mark.parametrize('method', ['odconv-1x', 'dcd'])
-def test_replay_with_the_per_sample_conv_op(method, monkeypatch):
+def test_replay_with_the_per_sample_conv_forms(method, batch, monkeypatch):
     """At 2 images of 512x512 the first stages' 1x1 layers take the
-    per-sample conv op (maps of 128x128): graphed equals eager, output and
+    block-diagonal form (maps of 128x128 and 64x64), at 3 images the
+    per-sample conv op (128x128): graphed equals eager, output and
     gradients."""
     eager, graphed, _ = twins(method)
     eager.train()
     graphed.train()
-    spy = ApplySpy(monkeypatch, per_sample_conv.PerSampleConv)
-    x = cuda_randn(2, 3, 512, 512)
+    spy = ApplySpy(monkeypatch, block_diagonal, 'block_diagonal_conv') \
+        if batch == 2 else ApplySpy(monkeypatch, per_sample_conv.PerSampleConv)
+    x = cuda_randn(batch, 3, 512, 512)
     expected = eager(x)
     assert spy.calls > 0
     actual = graphed(x)
@@ -318,8 +322,13 @@ def test_replay_with_the_per_sample_conv_op(method, monkeypatch):
     weights = [torch.randn_like(o) for o in expected]
     loss = sum((o * w).sum() for o, w in zip(actual, weights))
     actual_grads = torch.autograd.grad(loss, trainable(graphed))
-    assert_close_all(actual_grads, grads_of(eager, expected, weights),
-                     rtol=1e-5, atol=1e-6)
+    # a parameter's gradient sums over the batch and every pixel, in an
+    # order cuDNN's weight-gradient kernels need not keep from one call to
+    # the next: compared at its own scale
+    for got, want in zip(actual_grads, grads_of(eager, expected, weights),
+                         strict=True):
+        scale = want.abs().max().clamp(min=1e-12)
+        assert (got - want).abs().max() / scale < 1e-4
 
 
 @gpu
