@@ -81,7 +81,7 @@ setup(
         'deploy': DEPLOY,
         # mim train / test / search (openmim)
         'mim': ['openmim>=0.3.9'],
-        'tests': ['pytest', 'openmim>=0.3.9'] + DEPLOY,
+        'tests': ['pytest', 'pytest-xdist', 'openmim>=0.3.9'] + DEPLOY,
     },
     license='Apache License 2.0',
     license_files=['LICENSE'],

@@ -20,6 +20,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# Under pytest-xdist (-n), each worker process gets its share of the cores,
+# so that the workers' PyTorch threads do not outnumber them.
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    torch.set_num_threads(max(
+        1, (os.cpu_count() or 1) //
+        int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
+
 # reference.py, layer_cases.py and the other helpers
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'helpers'))
 

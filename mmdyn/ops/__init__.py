@@ -7,7 +7,9 @@ itself: :mod:`.odconv_weights` (ODConv's attentions and per-sample weights),
 :mod:`.dcd_weights` (DCD's per-sample weights and biases),
 :mod:`.conv_norm` (those biases added by the eval-mode BatchNorm after the
 conv) and :mod:`.per_sample_conv` (per-sample weights applied at large
-batches). The layers in :mod:`mmdyn.layers` and the backbones' blocks call
+batches). :mod:`.block_diagonal_conv` has no kernel of its own: it applies
+per-sample 1x1 weights at two images as one dense cuDNN conv, and asks the
+same dispatch. The layers in :mod:`mmdyn.layers` and the backbones' blocks call
 them; the layers' own PyTorch operations compute the same, and the tests
 hold both to the papers' reference formulation.
 """

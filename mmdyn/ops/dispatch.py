@@ -24,8 +24,11 @@ only where it computes the same:
   module hooks (the op does not call those modules, so their hooks would
   not run).
 
-Each op adds what its kernels need of the layer (e.g. BatchNorms with
-running statistics) in its own ``applies`` function, and calls
+The block-diagonal form of :mod:`.block_diagonal_conv` runs no kernel of
+its own but asks the same question, so that one predicate decides every
+fast path. Each op adds what its kernels need of the layer (e.g.
+BatchNorms with running statistics) in its own ``applies`` function, and
+calls
 :func:`may_fuse` for the rest (:mod:`.conv_norm` acts only on the bias
 that DCD's op leaves, so that op's decision is its own). The CUDA-graph
 runtime (:mod:`mmdyn.runtime`) keys its graphs on :func:`fused_ops_mode`,

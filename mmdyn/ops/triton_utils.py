@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from ..layers.functional import accumulation_dtype
+
 
 @functools.lru_cache(maxsize=None)
 def triton_installed() -> bool:
@@ -31,6 +33,7 @@ def cdiv(a: int, b: int) -> int:
 
 def accumulator(dtype: torch.dtype):
     """The Triton type the kernels accumulate in for inputs of ``dtype``:
-    float64 for float64, float32 otherwise."""
+    that of :func:`mmdyn.layers.functional.accumulation_dtype`."""
     import triton.language as tl
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return {torch.float64: tl.float64, torch.float32: tl.float32}[
+        accumulation_dtype(dtype)]
