@@ -146,3 +146,14 @@ class ApplySpy:
             return apply(*args, **kwargs)
 
         monkeypatch.setattr(function, name, counted)
+
+
+def compare_through(spy, layer_name, geometry, x, atol, mode='always',
+                    **layer_args):
+    """:func:`compare` for the layer case ``layer_name`` in ``geometry`` on
+    input ``x``, in fused-op ``mode``; and that the fast path watched by
+    ``spy`` (an :class:`ApplySpy`) ran once."""
+    layer, reference = make_layer(layer_name, geometry, **layer_args)
+    with fused_ops(mode):
+        compare(layer.eval(), reference, x, atol=atol)
+    assert spy.calls == 1

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layer_cases import (ApplySpy, compare, fused_mode, make_layer,
-                         relative_error, triton_runs_here)
+from layer_cases import (ApplySpy, compare_through, relative_error,
+                         triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import block_diagonal_conv as block_diagonal
 from mmdyn.ops import fused_ops
@@ -130,11 +130,8 @@ def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch):
     if not triton_runs_here('cpu'):
         pytest.skip("mode 'always' needs Triton's interpreter")
     spy = ApplySpy(monkeypatch, block_diagonal, 'block_diagonal_conv')
-    layer, reference = make_layer(layer_name, '1x1')
     x = torch.randn(2, 8, 64, 64, dtype=torch.float64)
-    with fused_ops('always'):
-        compare(layer.eval(), reference, x, atol=1e-8)
-    assert spy.calls == 1
+    compare_through(spy, layer_name, '1x1', x, atol=1e-8)
 
 
 @pytest.mark.gpu
@@ -144,9 +141,6 @@ def test_gpu_layer_in_float32_equals_reference(monkeypatch):
     if not triton_runs_here('cuda'):
         pytest.skip('needs CUDA and Triton')
     spy = ApplySpy(monkeypatch, block_diagonal, 'block_diagonal_conv')
-    layer, reference = make_layer('odconv-4x-fused', '1x1', device='cuda',
-                                  dtype=torch.float32)
     x = torch.randn(2, 8, 64, 64, device='cuda')
-    with fused_mode('odconv-4x-fused'):
-        compare(layer.eval(), reference, x, atol=1e-4)
-    assert spy.calls == 1
+    compare_through(spy, 'odconv-4x-fused', '1x1', x, atol=1e-4,
+                    device='cuda', dtype=torch.float32)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layer_cases import (ApplySpy, compare, fused_mode, make_layer,
-                         relative_error, triton_runs_here)
+from layer_cases import (ApplySpy, compare, compare_through, fused_mode,
+                         make_layer, relative_error, triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import per_sample_conv as fused_conv
@@ -193,11 +193,8 @@ def test_layers_take_it_and_equal_their_reference(layer_name, monkeypatch,
     and backward."""
     _needs_triton()
     spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
-    layer, reference = make_layer(layer_name, '3x3-stride2')
     x = torch.randn(3, 8, 7, 6, dtype=torch.float64)
-    with fused_ops('always'):
-        compare(layer.eval(), reference, x, atol=1e-8)
-    assert spy.calls == 1
+    compare_through(spy, layer_name, '3x3-stride2', x, atol=1e-8)
 
 
 @pytest.mark.gpu
@@ -252,9 +249,6 @@ def test_gpu_small_batch_1x1_layer_equals_reference(monkeypatch):
     float32 (TF32 off)."""
     _needs_triton('cuda')
     spy = ApplySpy(monkeypatch, fused_conv.PerSampleConv)
-    layer, reference = make_layer('odconv-4x-fused', '1x1', device='cuda',
-                                  dtype=torch.float32)
     x = torch.randn(3, 8, 128, 128, device='cuda')
-    with fused_mode('odconv-4x-fused'):
-        compare(layer.eval(), reference, x, atol=1e-4)
-    assert spy.calls == 1
+    compare_through(spy, 'odconv-4x-fused', '1x1', x, atol=1e-4,
+                    device='cuda', dtype=torch.float32)
