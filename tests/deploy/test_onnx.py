@@ -122,14 +122,20 @@ def test_backbone_exports_and_runs_in_onnxruntime(name, tmp_path):
     is not (a ResNet-50 CondConv's last stage, on some CPUs 2.6e-4 from
     float64), the two float32 results differ by their rounding, not the
     export: ONNX Runtime must then be as close to the float64 result as
-    PyTorch's float32 is (within twice its error, as in test_fuse.py)."""
+    PyTorch's float32 is (within twice its error on one or two threads,
+    as in test_fuse.py)."""
     model = calibrated(name, torch.float32)
     path = export_onnx(fuse_conv_bn(model), torch.randn(2, 3, 64, 96),
                        str(tmp_path / f'{name}.onnx'))
     inputs = [torch.randn(1, 3, 64, 96), torch.randn(3, 3, 96, 64)]
     model = calibrated(name, torch.float32)
     exact = _InFloat64(copy.deepcopy(model).double())
-    torch_error = _largest_error(model, exact, inputs)
+    # float32's distance from float64 depends on the order of the sums,
+    # which depends on PyTorch's thread count (a ResNet-18 DCD: 9e-5 on one
+    # thread, 2.3e-4 on two): the largest over both, so that the bound does
+    # not depend on how many threads the test process has
+    torch_error = max(_largest_error(model, exact, inputs, threads)
+                      for threads in (1, 2))
     if torch_error < TOLERANCE / 2:
         assert compare_with_onnxruntime(model, path, inputs) < TOLERANCE
     else:
@@ -148,13 +154,19 @@ class _InFloat64(torch.nn.Module):
         return self.model(x.double())
 
 
-def _largest_error(model, exact, inputs):
-    """compare_with_onnxruntime's measure between two PyTorch models."""
+def _largest_error(model, exact, inputs, threads):
+    """compare_with_onnxruntime's measure between two PyTorch models, on
+    ``threads`` threads."""
     worst = 0.0
-    with torch.no_grad():
-        for x in inputs:
-            for got, expected in zip(model(x), exact(x), strict=True):
-                scale = expected.abs().max().clamp(min=1e-12)
-                worst = max(worst, ((got.double() - expected).abs().max() /
-                                    scale).item())
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                for got, expected in zip(model(x), exact(x), strict=True):
+                    scale = expected.abs().max().clamp(min=1e-12)
+                    worst = max(worst, ((got.double() - expected).abs().max()
+                                        / scale).item())
+    finally:
+        torch.set_num_threads(saved)
     return worst
