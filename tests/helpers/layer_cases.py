@@ -157,3 +157,18 @@ def compare_through(spy, layer_name, geometry, x, atol, mode='always',
     with fused_ops(mode):
         compare(layer.eval(), reference, x, atol=atol)
     assert spy.calls == 1
+
+
+def forward_backward(conv, tensors, geometry, grad_out=None):
+    """``conv(x, weight, bias, geometry)`` on copies of ``tensors`` (bias
+    may be None): its output and the gradients of input, weights and bias
+    (where given) for the output gradient ``grad_out`` (random if None),
+    and that gradient."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True)
+              for t in tensors]
+    out = conv(*leaves, geometry)
+    if grad_out is None:
+        grad_out = torch.randn_like(out)
+    (out * grad_out).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves if t is not None], \
+        grad_out

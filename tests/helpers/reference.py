@@ -182,3 +182,15 @@ def dcd_reference(layer, x, mutate=None):
                 layer, x[b:b + 1], residual, groups=1)
         outputs.append(out)
     return torch.cat(outputs)
+
+
+def per_sample_conv_reference(x, weight, bias, geometry):
+    """``weight[b]`` (and ``bias[b]``) applied to sample ``b`` by one
+    ``F.conv2d`` per sample, in ``geometry`` (stride, padding, dilation):
+    what a per-sample conv's fast forms must compute."""
+    return torch.cat([
+        F.conv2d(x[i:i + 1], weight[i], None if bias is None else bias[i],
+                 stride=geometry.stride, padding=geometry.padding,
+                 dilation=geometry.dilation)
+        for i in range(x.shape[0])
+    ])

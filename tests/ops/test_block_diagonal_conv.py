@@ -4,13 +4,14 @@ gradients against one ``F.conv2d`` per sample, where it applies and where
 not, and the layers that take it."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from layer_cases import (ApplySpy, compare_through, relative_error,
-                         triton_runs_here)
+from layer_cases import (ApplySpy, compare_through, forward_backward,
+                         relative_error, triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import block_diagonal_conv as block_diagonal
 from mmdyn.ops import fused_ops
+from mmdyn.ops.per_sample_conv import Geometry
+from reference import per_sample_conv_reference
 
 # (in, out, kernel, stride, padding, dilation): the form is written for
 # any geometry, though it applies to 1x1 layers only
@@ -35,24 +36,11 @@ def _case(name, bias=True, seed=0):
                          dtype=torch.float64)
     b = torch.randn(2, co, generator=gen, dtype=torch.float64) \
         if bias else None
-    return (x, weight, b), (_pair(s), _pair(p), _pair(d))
+    return (x, weight, b), Geometry(_pair(s), _pair(p), _pair(d))
 
 
-def _reference(x, weight, bias, stride, padding, dilation):
-    """One ``F.conv2d`` per sample."""
-    return torch.cat([
-        F.conv2d(x[i:i + 1], weight[i], None if bias is None else bias[i],
-                 stride=stride, padding=padding, dilation=dilation)
-        for i in range(x.shape[0])
-    ])
-
-
-def _forward_backward(conv, tensors, geometry, grad_out):
-    leaves = [None if t is None else t.detach().clone().requires_grad_(True)
-              for t in tensors]
-    out = conv(*leaves, *geometry)
-    (out * grad_out).sum().backward()
-    return [out.detach()] + [t.grad for t in leaves if t is not None]
+def _block_diagonal(x, weight, bias, g):
+    return block_diagonal.block_diagonal_conv(x, weight, bias, *g)
 
 
 @pytest.mark.parametrize('bias', [True, False])
@@ -60,10 +48,9 @@ def _forward_backward(conv, tensors, geometry, grad_out):
 def test_equals_one_conv_per_sample(geometry, bias):
     """Output and the gradients of input, weights and bias, float64."""
     tensors, g = _case(geometry, bias)
-    grad_out = torch.randn_like(_reference(*tensors, *g))
-    got = _forward_backward(block_diagonal.block_diagonal_conv, tensors, g,
-                            grad_out)
-    expected = _forward_backward(_reference, tensors, g, grad_out)
+    got, grad_out = forward_backward(_block_diagonal, tensors, g)
+    expected, _ = forward_backward(per_sample_conv_reference, tensors, g,
+                                   grad_out)
     for a, e in zip(got, expected, strict=True):
         assert relative_error(a, e) < 1e-8
 
@@ -73,12 +60,13 @@ def test_a_sample_with_the_wrong_weights_fails(wrong):
     """Negative checks: the reference with the samples' weights swapped, or
     with a sample's weights dropped (zeros), is far from the form."""
     (x, weight, bias), g = _case('1x1')
-    got = block_diagonal.block_diagonal_conv(x, weight, bias, *g)
+    got = _block_diagonal(x, weight, bias, g)
     if wrong == 'neighbour weights':
         weight = weight.flip(0)
     else:
         weight = torch.cat([weight[:1], torch.zeros_like(weight[1:])])
-    assert relative_error(got, _reference(x, weight, bias, *g)) > 1e-2
+    assert relative_error(got, per_sample_conv_reference(x, weight, bias,
+                                                         g)) > 1e-2
 
 
 def test_a_non_finite_weight_stays_in_its_sample():
@@ -86,9 +74,10 @@ def test_a_non_finite_weight_stays_in_its_sample():
     blocks (0 * inf would be NaN): as with one conv per sample."""
     (x, weight, bias), g = _case('1x1')
     weight[0, 0, 0] = float('inf')
-    got = block_diagonal.block_diagonal_conv(x, weight, bias, *g)
+    got = _block_diagonal(x, weight, bias, g)
     assert not torch.isfinite(got[0]).all()
-    assert torch.equal(got[1], _reference(x[1:], weight[1:], bias[1:], *g)[0])
+    assert torch.equal(got[1], per_sample_conv_reference(
+        x[1:], weight[1:], bias[1:], g)[0])
 
 
 @pytest.mark.parametrize('case', [

@@ -3,13 +3,14 @@ its output and gradients against one ``F.conv2d`` per sample, where it
 applies and where not, and the layers that take it."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from layer_cases import (ApplySpy, compare, compare_through, fused_mode,
-                         make_layer, relative_error, triton_runs_here)
+from layer_cases import (ApplySpy, compare, compare_through,
+                         forward_backward, fused_mode, make_layer,
+                         relative_error, triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import per_sample_conv as fused_conv
+from reference import per_sample_conv_reference
 
 # (in, out, kernel, stride, padding, dilation, H, W): every index path of
 # the kernels, and channel counts that fill no tile (the float64 tiles are
@@ -44,27 +45,6 @@ def _case(name, batch=3, bias=True, dtype=torch.float64, device='cpu',
     return tensors, fused_conv.Geometry(s, p, d)
 
 
-def _reference(x, weight, bias, g):
-    """One ``F.conv2d`` per sample."""
-    return torch.cat([
-        F.conv2d(x[i:i + 1], weight[i], None if bias is None else bias[i],
-                 stride=g.stride, padding=g.padding, dilation=g.dilation)
-        for i in range(x.shape[0])
-    ])
-
-
-def _forward_backward(conv, tensors, g, grad_out=None):
-    """Output and gradients of input, weights and bias (where given)."""
-    leaves = [None if t is None else t.detach().clone().requires_grad_(True)
-              for t in tensors]
-    out = conv(*leaves, g)
-    if grad_out is None:
-        grad_out = torch.randn_like(out)
-    (out * grad_out).sum().backward()
-    return [out.detach()] + [t.grad for t in leaves if t is not None], \
-        grad_out
-
-
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('geometry', [
     # many tiles take about 12 s each in Triton's CPU interpreter
@@ -75,9 +55,10 @@ def test_equals_one_conv_per_sample(geometry, bias):
     _needs_triton()
     tensors, g = _case(geometry, bias=bias)
     with fused_ops('always'):
-        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
-                                          tensors, g)
-    expected, _ = _forward_backward(_reference, tensors, g, grad_out)
+        got, grad_out = forward_backward(fused_conv.per_sample_conv,
+                                         tensors, g)
+    expected, _ = forward_backward(per_sample_conv_reference, tensors, g,
+                                   grad_out)
     assert relative_error(got, expected) < 1e-8
 
 
@@ -90,11 +71,12 @@ def test_weight_gradient_in_one_part_and_in_many(monkeypatch):
     for programs in (1, 10 ** 6):
         monkeypatch.setattr(fused_conv, '_MIN_PROGRAMS', programs)
         with fused_ops('always'):
-            got, grad_out = _forward_backward(
+            got, grad_out = forward_backward(
                 fused_conv.per_sample_conv, tensors, g,
                 None if not results else results[0][1])
         results.append((got, grad_out))
-    expected, _ = _forward_backward(_reference, tensors, g, results[0][1])
+    expected, _ = forward_backward(per_sample_conv_reference, tensors, g,
+                                   results[0][1])
     for got, _ in results:
         assert relative_error(got, expected) < 1e-8
 
@@ -106,8 +88,8 @@ def test_a_sample_convolved_with_its_neighbours_data_fails(wrong):
     _needs_triton()
     tensors, g = _case('3x3-stride2', bias=False)
     with fused_ops('always'):
-        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
-                                          tensors, g)
+        got, grad_out = forward_backward(fused_conv.per_sample_conv,
+                                         tensors, g)
     x, weight, _ = tensors
     if wrong == 'neighbour weights':
         weight = weight.roll(1, dims=0)
@@ -115,8 +97,8 @@ def test_a_sample_convolved_with_its_neighbours_data_fails(wrong):
     else:
         x = x.roll(1, dims=0)
         checked = [2]  # weight gradient
-    expected, _ = _forward_backward(_reference, [x, weight, None], g,
-                                    grad_out)
+    expected, _ = forward_backward(per_sample_conv_reference,
+                                   [x, weight, None], g, grad_out)
     for i in checked:
         assert relative_error([got[i]], [expected[i]]) > 1e-2
 
@@ -126,11 +108,12 @@ def test_keeps_a_channels_last_input_in_its_layout():
     tensors, g = _case('3x3-dilated')
     tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
     with fused_ops('always'):
-        got, grad_out = _forward_backward(fused_conv.per_sample_conv,
-                                          tensors, g)
+        got, grad_out = forward_backward(fused_conv.per_sample_conv,
+                                         tensors, g)
     assert got[0].is_contiguous(memory_format=torch.channels_last)
     assert got[1].is_contiguous(memory_format=torch.channels_last)
-    expected, _ = _forward_backward(_reference, tensors, g, grad_out)
+    expected, _ = forward_backward(per_sample_conv_reference, tensors, g,
+                                   grad_out)
     assert relative_error(got, expected) < 1e-8
 
 
@@ -217,17 +200,18 @@ def test_gpu_reduced_precision_within_tolerance(precision, layout):
     if layout == 'channels-last':
         tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
     g = fused_conv.Geometry((1, 1), (1, 1), (1, 1))
-    expected, grad_out = _forward_backward(_reference, tensors, g)
+    expected, grad_out = forward_backward(per_sample_conv_reference, tensors,
+                                          g)
     torch.backends.cudnn.allow_tf32 = precision == 'tf32'
     with fused_ops('auto'):
         if precision == 'tf32':
-            got, _ = _forward_backward(fused_conv.per_sample_conv, tensors,
-                                       g, grad_out)
+            got, _ = forward_backward(fused_conv.per_sample_conv, tensors,
+                                      g, grad_out)
         else:
             dtype = getattr(torch, precision)
             with torch.autocast('cuda', dtype=dtype):
-                got, _ = _forward_backward(fused_conv.per_sample_conv,
-                                           tensors, g, grad_out)
+                got, _ = forward_backward(fused_conv.per_sample_conv,
+                                          tensors, g, grad_out)
             assert got[0].dtype == dtype
     got = [t.float() for t in got]
     assert relative_error(got, expected) < (
