@@ -158,14 +158,23 @@ def per_sample_conv2d_unfolded(x: Tensor,
                                groups: int) -> Tensor:
     """:func:`per_sample_conv2d` as ``weight[b] @ patches[b]``, group by
     group: the input's kh x kw patches (``F.unfold``, rows ordered as a
-    weight's (C_in / groups, kh, kw)) times the flattened weights. Every
-    dimension of the result, the batch included, follows the input's
-    shape, which is what an exported graph with a dynamic batch needs."""
+    weight's (C_in / groups, kh, kw)) times the flattened weights. An
+    unpadded 1x1 conv's patches are its (strided) pixels, taken without
+    unfolding, which keeps the exported graph small. Every dimension of
+    the result, the batch included, follows the input's shape, which is
+    what an exported graph with a dynamic batch needs."""
     batch, out_channels = weight.shape[:2]
-    out_h, out_w = conv_output_size(x, weight, stride, padding, dilation)
-    patches = F.unfold(x, weight.shape[-2:], dilation=dilation,
-                       padding=padding, stride=stride)
-    patches = patches.reshape(batch, groups, -1, out_h * out_w)
+    if weight.shape[-2:] == (1, 1) and padding == (0, 0):
+        if stride != (1, 1):
+            x = x[:, :, ::stride[0], ::stride[1]]
+        out_h, out_w = x.shape[-2:]
+        patches = x.flatten(2)
+    else:
+        out_h, out_w = conv_output_size(x, weight, stride, padding,
+                                        dilation)
+        patches = F.unfold(x, weight.shape[-2:], dilation=dilation,
+                           padding=padding, stride=stride)
+    patches = patches.unflatten(1, (groups, -1))
     weight = weight.reshape(batch, groups, out_channels // groups, -1)
     out = torch.matmul(weight, patches).reshape(batch, out_channels, out_h,
                                                 out_w)

@@ -26,10 +26,17 @@ logging.getLogger('torch.onnx').setLevel(logging.ERROR)
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize('geometry', GEOMETRIES)
+#: the layers' geometries, and grouped 1x1 convs (which the unfolded form
+#: computes without unfolding)
+UNFOLDED_GEOMETRIES = dict(GEOMETRIES, **{
+    '1x1-grouped': (8, 12, 1, 1, 0, 1, 4),
+    '1x1-grouped-stride2': (8, 12, 1, 2, 0, 1, 2)})
+
+
+@pytest.mark.parametrize('geometry', UNFOLDED_GEOMETRIES)
 def test_unfolded_equals_grouped_per_sample_conv(geometry):
     in_ch, out_ch, kernel, stride, padding, dilation, groups = \
-        GEOMETRIES[geometry]
+        UNFOLDED_GEOMETRIES[geometry]
     torch.manual_seed(0)
     x = torch.randn(3, in_ch, 11, 10, dtype=torch.float64)
     weight = torch.randn(3, out_ch, in_ch // groups, *_pair(kernel),

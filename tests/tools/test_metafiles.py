@@ -48,22 +48,12 @@ def test_paper_results_are_marked_as_the_papers():
         assert "the paper's number" in model['Results'][0]['Note']
 
 
-def _check_numbers(names):
-    models = {m['Config']: m for m in _models()}
-    for path in names:
-        row = complexity_table.measure(osp.join(REPO, path), (1280, 800))
-        meta = models[path]['Metadata']
-        assert meta['Parameters'] == int(round(row['params_m'] * 1e6))
-        assert meta['FLOPs'] == int(round(row['madds_g'] * 1e9))
-
-
 @pytest.mark.slow
-def test_numbers_are_the_complexity_tools_for_two_configs():
-    _check_numbers(['configs/odconv/faster-rcnn_mobilenetv2-odconv-1x_fpn_'
-                    '1x_coco.py',
-                    'configs/dcd/retinanet_mobilenetv2-dcd_fpn_1x_coco.py'])
-
-
-@pytest.mark.slow
-def test_numbers_are_the_complexity_tools_for_every_config():
-    _check_numbers(metafiles.configs())
+@pytest.mark.parametrize('config', metafiles.configs())
+def test_numbers_are_the_complexity_tools(config):
+    """One config a test, so that the workers of ``pytest -n`` share them
+    (each counts a detector's MAdds at 1280x800)."""
+    metadata = {m['Config']: m for m in _models()}[config]['Metadata']
+    row = complexity_table.measure(osp.join(REPO, config), (1280, 800))
+    assert metadata['Parameters'] == int(round(row['params_m'] * 1e6))
+    assert metadata['FLOPs'] == int(round(row['madds_g'] * 1e9))
