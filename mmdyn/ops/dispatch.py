@@ -28,8 +28,7 @@ The block-diagonal form of :mod:`.block_diagonal_conv` runs no kernel of
 its own but asks the same question, so that one predicate decides every
 fast path. Each op adds what its kernels need of the layer (e.g.
 BatchNorms with running statistics) in its own ``applies`` function, and
-calls
-:func:`may_fuse` for the rest (:mod:`.conv_norm` acts only on the bias
+calls :func:`may_fuse` for the rest (:mod:`.conv_norm` acts only on the bias
 that DCD's op leaves, so that op's decision is its own). The CUDA-graph
 runtime (:mod:`mmdyn.runtime`) keys its graphs on :func:`fused_ops_mode`,
 so a graph never replays a path that the dispatch would no longer choose.

@@ -19,9 +19,9 @@ pointwise (1x1) layers over large feature maps
 memory layouts around a product that the op computes in place; in
 float32 (TF32 where PyTorch allows it for convolutions,
 ``torch.backends.cudnn.allow_tf32``, as for the conv it stands in for) and,
-under autocast, in float16 or bfloat16 with
-float32 accumulation; in Triton's CPU interpreter also in float64, which
-is how the tests hold it to the reference formulation.
+under autocast, in float16 or bfloat16 with float32 accumulation; in
+Triton's CPU interpreter also in float64, which is how the tests hold it
+to the reference formulation.
 """
 from typing import NamedTuple, Optional, Tuple
 
