@@ -12,8 +12,10 @@ times slower than the dense conv of the same work; at a detector's few
 images per GPU it is faster than these kernels (``docs/speed.md``).
 
 So the op takes dense layers (``groups == 1``) at batches above
-:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, and at smaller batches (more
-images than :mod:`.block_diagonal_conv` takes, outside autocast) the
+:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`; at smaller batches every dense
+layer of a mixed-precision training step (from two images), where cuDNN's
+grouped conv computes its half-precision weight gradient slowly, and
+otherwise (more images than :mod:`.block_diagonal_conv` takes) the
 pointwise (1x1) layers over large feature maps
 (:data:`MIN_POINTWISE_PIXELS`), where cuDNN's grouped conv converts between
 memory layouts around a product that the op computes in place; in
@@ -38,10 +40,10 @@ from .triton_utils import accumulator, cdiv
 #: kernel has about this many programs (two per streaming multiprocessor
 #: of an H100 and an H200), so that small batches fill the GPU.
 _MIN_PROGRAMS = 264
-#: From three up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images, the
-#: op is the faster one for a 1x1 layer whose output has at least this many
-#: pixels (in float32; ``docs/speed.md``), e.g. a ResNet's first two stages
-#: at a detector's 800x1333 input.
+#: From three up to :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` images,
+#: outside autocast, the op is the faster one for a 1x1 layer whose output
+#: has at least this many pixels (``docs/speed.md``), e.g. a ResNet's first
+#: two stages at a detector's 800x1333 input.
 MIN_POINTWISE_PIXELS = 128 * 128
 
 
@@ -84,15 +86,24 @@ def applies(layer, x: Tensor, weight: Tensor,
 
 def _pays(layer, x: Tensor, weight: Tensor) -> bool:
     """Whether the op is faster than cuDNN's grouped conv for this layer and
-    input: at every batch above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`
-    (the grouped conv slows down with its group count); below it, with
-    more images than :mod:`.block_diagonal_conv` takes and outside
-    autocast, on a 1x1 layer with at least :data:`MIN_POINTWISE_PIXELS`
-    output pixels."""
+    input (``docs/speed.md``):
+
+    - at every batch above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` (the
+      grouped conv slows down with its group count);
+    - below it, in a mixed-precision training step (autocast, and the
+      weights need a gradient), from two images: cuDNN computes a grouped
+      conv's half-precision weight gradient with a generic kernel, several
+      times slower than the op's;
+    - below it otherwise, with more images than :mod:`.block_diagonal_conv`
+      takes, on a 1x1 layer with at least :data:`MIN_POINTWISE_PIXELS`
+      output pixels.
+    """
     if not folding_pays(x):
         return True
-    if x.shape[0] <= BLOCK_DIAGONAL_BATCH or weight.shape[-2:] != (1, 1) \
-            or torch.is_autocast_enabled(x.device.type):
+    if torch.is_autocast_enabled(x.device.type):
+        return x.shape[0] > 1 and weight.requires_grad and \
+            torch.is_grad_enabled()
+    if x.shape[0] <= BLOCK_DIAGONAL_BATCH or weight.shape[-2:] != (1, 1):
         return False
     out_h, out_w = conv_output_size(x, weight, layer.stride, layer.padding,
                                     layer.dilation)

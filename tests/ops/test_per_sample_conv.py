@@ -152,8 +152,9 @@ def test_applies_only_where_it_should(case, monkeypatch):
 def test_small_batches_take_it_only_for_1x1_layers_over_large_maps(case):
     """Up to MAX_FOLD_BATCH, only a 1x1 layer whose output has
     MIN_POINTWISE_PIXELS pixels or more, from three images on (two are the
-    block-diagonal form's), outside autocast, takes the op (applies is
-    decided from shapes alone)."""
+    block-diagonal form's), takes the op (applies is decided from shapes
+    alone), and under autocast none at inference (weights without a
+    gradient)."""
     _needs_triton()
     side = 128 if case != 'small map' else 127
     kernel = 3 if case == '3x3' else 1
@@ -168,6 +169,30 @@ def test_small_batches_take_it_only_for_1x1_layers_over_large_maps(case):
     autocast = torch.autocast('cpu', dtype=torch.float16,
                               enabled=case == 'autocast')
     with fused_ops('always'), autocast:
+        assert fused_conv.applies(layer, x, weight, None) is expected
+
+
+@pytest.mark.parametrize('case', [
+    '3x3', '1x1 small map', 'two images', 'one image', 'no gradient',
+    'weights without gradient', 'grouped'
+])
+def test_mixed_precision_training_takes_it_for_every_dense_layer(case):
+    """Up to MAX_FOLD_BATCH under autocast, every dense layer of a training
+    step (its weights need a gradient) takes the op from two images on,
+    whatever its kernel and map; one image, a step without gradients and
+    grouped layers keep cuDNN's conv."""
+    _needs_triton()
+    kernel = 1 if case == '1x1 small map' else 3
+    layer = ODConv2d(4, 4, kernel, padding=kernel // 2,
+                     groups=2 if case == 'grouped' else 1)
+    batch = {'two images': 2, 'one image': 1}.get(case, 3)
+    x = torch.randn(batch, 4, 9, 9)
+    weight = torch.randn(batch, 4, layer.in_channels // layer.groups, kernel,
+                         kernel,
+                         requires_grad=case != 'weights without gradient')
+    expected = case in ('3x3', '1x1 small map', 'two images')
+    with fused_ops('always'), torch.autocast('cpu', dtype=torch.float16), \
+            torch.set_grad_enabled(case != 'no gradient'):
         assert fused_conv.applies(layer, x, weight, None) is expected
 
 
