@@ -96,9 +96,12 @@ def time_in_turns(fns: Sequence[Callable[[], object]], device: torch.device,
     return [summarize(s) for s in samples]
 
 
-def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
+def peak_memory_mib(fn: Callable[[], object], device: torch.device,
+                    held_bytes: int = 0) -> float:
     """Memory one call of ``fn`` allocates above what was allocated when it
-    began (its peak), in MiB; NaN off CUDA."""
+    began (its peak), plus ``held_bytes`` that it uses without allocating
+    them (a CUDA graph's pool, reserved at capture), in MiB; NaN off
+    CUDA."""
     if device.type != 'cuda':
         return float('nan')
     torch.cuda.synchronize(device)
@@ -106,7 +109,8 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - before
+            + held_bytes) / 2**20
 
 
 # ----------------------------------------------------------------- configs
@@ -292,12 +296,25 @@ def _quiet_logger() -> None:
     MMLogger.get_instance('mmdyn-benchmark', log_level='WARNING')
 
 
+def _graphed_forward(model):
+    """The backbone's CUDA-graphed forward (mmdyn's ``CUDAGraphForward``,
+    found without importing mmdyn), or None."""
+    return vars(model.backbone).get('forward')
+
+
 def _graph_stats(model) -> Optional[dict]:
-    """Captures and replays of the backbone's CUDA graphs, if it has them
-    (mmdyn's ``CUDAGraphForward``, found without importing mmdyn)."""
-    graphed = vars(model.backbone).get('forward')
-    stats = getattr(graphed, 'stats', None)
+    """Captures and replays of the backbone's CUDA graphs, if it has them."""
+    stats = getattr(_graphed_forward(model), 'stats', None)
     return None if stats is None else dict(stats)
+
+
+def _graph_memory_bytes(model) -> int:
+    """Device memory the backbone's CUDA graphs hold between steps (their
+    pool, which every replay writes, and their static buffers), 0 without
+    graphs. A step allocates none of it, so the step's own peak leaves it
+    out."""
+    memory_bytes = getattr(_graphed_forward(model), 'memory_bytes', None)
+    return 0 if memory_bytes is None else memory_bytes()
 
 
 def _configs(models: Sequence[Tuple[str, Sequence[str]]],
@@ -345,11 +362,15 @@ def benchmark_detectors(models: Sequence[Tuple[str, Sequence[str]]],
     tests = [s.test_step for s in steps]
     train_times = time_in_turns(trains, device, warmup, reps)
     for row, step, train, times in zip(rows, steps, trains, train_times):
-        row.update(train=times, train_mem_mib=peak_memory_mib(train, device),
+        row.update(train=times,
+                   train_mem_mib=peak_memory_mib(
+                       train, device, _graph_memory_bytes(step.model)),
                    losses_finite=step.losses_finite())
     test_times = time_in_turns(tests, device, warmup, reps)
     for row, step, test, times in zip(rows, steps, tests, test_times):
-        row.update(test=times, test_mem_mib=peak_memory_mib(test, device))
+        row.update(test=times,
+                   test_mem_mib=peak_memory_mib(
+                       test, device, _graph_memory_bytes(step.model)))
         stats = _graph_stats(step.model)
         if stats is not None:
             row['cuda_graph_stats'] = stats
