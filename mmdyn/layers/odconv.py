@@ -9,6 +9,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .._compat import BatchNormBase
+from ..ops import mixed_weight_conv as mixed
 from ..ops import odconv_weights as fused
 from .base import BaseDynamicConv2d, IntOrPair, attention_width
 from .functional import (attention_branch, global_avg_pool, mix_weights,
@@ -185,6 +186,11 @@ class ODConv2d(BaseDynamicConv2d):
                 if value is not None}
 
     def forward(self, x: Tensor) -> Tensor:
+        if mixed.applies(self, x):  # inference at a large batch
+            att = self.attention(x, self.temperature)
+            return mixed.mixed_weight_conv(
+                self, x, att.kernel, att.channel, att.spatial, att.filter,
+                self._per_sample_bias(x.shape[0]))
         if fused.applies(self, x):
             return self.per_sample(x, fused.odconv_weights(self, x),
                                    self._per_sample_bias(x.shape[0]))

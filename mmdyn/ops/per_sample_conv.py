@@ -72,7 +72,15 @@ def applies(layer, x: Tensor, weight: Tensor,
     if layer.groups != 1 or not may_fuse(x, (), ()) or \
             not _pays(layer, x, weight):
         return False
-    tensors = [x, weight] + ([] if bias is None else [bias])
+    return kernels_take(x, [weight, bias])
+
+
+def kernels_take(x: Tensor, tensors) -> bool:
+    """Whether the kernels compute for input ``x`` and ``tensors`` (None
+    where absent): under autocast in its float16 or bfloat16 (not bfloat16
+    in the interpreter), otherwise where all share ``x``'s dtype, float32
+    (in the interpreter also float64)."""
+    tensors = [x] + [t for t in tensors if t is not None]
     in_interpreter = not x.is_cuda
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -144,31 +152,63 @@ def _like(x: Tensor, shape) -> Tensor:
                        else torch.contiguous_format)
 
 
+def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
+                 bank: bool = False, mix: Optional[Tensor] = None,
+                 channel: Optional[Tensor] = None,
+                 spatial: Optional[Tensor] = None,
+                 filter: Optional[Tensor] = None,
+                 bias: Optional[Tensor] = None) -> Tensor:
+    """The forward kernel's output, in ``x``'s dtype and memory format.
+
+    ``weights`` are (B, CO, C, kh, kw), one per sample, or with ``bank`` a
+    bank (K, CO, C, kh, kw) that every sample mixes by its ``mix`` (B, K)
+    (Eq. 1 of the ODConv paper; K = 1 without ``mix``). ``channel`` (B, C)
+    and ``spatial`` (B, kh * kw) scale each sample's weights, ``filter``
+    (B, CO) its output, to which ``bias`` (B, CO) is then added (Eq. 2).
+    The kernel forms each sample's weights tile by tile as it multiplies,
+    so they are never written out.
+    """
+    from . import per_sample_conv_kernels as kernels
+    weights = weights.contiguous()
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weights.shape[1:]
+    out_h, out_w = conv_output_size(x, weights, *geometry)
+    y = _like(x, (batch, out_channels, out_h, out_w))
+    tiles = _tiles(x.dtype, out_h * out_w, out_channels)
+    grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
+            batch)
+    factors = [None if t is None else t.contiguous()
+               for t in (mix, channel, spatial, filter, bias)]
+    kernels.conv_fwd[grid](
+        x, weights, *[weights if t is None else t for t in factors], y,
+        channels, height, width, out_channels, out_h, out_w, *x.stride(),
+        0 if bank else weights.stride(0), weights.stride(0) if bank else 0,
+        *weights.stride()[1:3], *y.stride(), *geometry.kernel_args(),
+        KW=kw, TAPS=kh * kw, NK=weights.shape[0] if bank else 1,
+        HAS_MIX=mix is not None, HAS_CHAN=channel is not None,
+        HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
+        HAS_BIAS=bias is not None, TF32=_tf32(x), ACC=accumulator(x.dtype),
+        **tiles)
+    return y
+
+
+def _tf32(x: Tensor) -> bool:
+    """Whether float32 products go through TF32: where PyTorch allows it
+    for convolutions, as for the conv the kernels stand in for."""
+    return x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
 class PerSampleConv(torch.autograd.Function):
     """:func:`per_sample_conv` forward and backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                 geometry: Geometry) -> Tensor:
-        from . import per_sample_conv_kernels as kernels
         weight = weight.contiguous()
-        batch, channels, height, width = x.shape
-        out_channels, _, kh, kw = weight.shape[1:]
-        out_h, out_w = conv_output_size(x, weight, *geometry)
-        y = _like(x, (batch, out_channels, out_h, out_w))
-        tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-        tiles = _tiles(x.dtype, out_h * out_w, out_channels)
-        grid = (cdiv(out_h * out_w, tiles['BM']),
-                cdiv(out_channels, tiles['BN']), batch)
-        kernels.conv_fwd[grid](
-            x, weight, weight if bias is None else bias.contiguous(), y,
-            channels, height, width, out_channels, out_h, out_w, *x.stride(),
-            *weight.stride()[:3], *y.stride(), *geometry.kernel_args(),
-            KW=kw, TAPS=kh * kw, HAS_BIAS=bias is not None, TF32=tf32,
-            ACC=accumulator(x.dtype), **tiles)
+        y = conv_forward(x, weight, geometry, bias=bias)
         ctx.save_for_backward(x, weight)
         ctx.geometry = geometry
-        ctx.tf32 = tf32
+        ctx.tf32 = _tf32(x)
         ctx.has_bias = bias is not None
         return y
 

@@ -1,5 +1,7 @@
 """Triton kernels of the per-sample convolution (see
-:mod:`mmdyn.ops.per_sample_conv`, which launches them).
+:mod:`mmdyn.ops.per_sample_conv`, which launches them, and
+:mod:`mmdyn.ops.mixed_weight_conv`, which launches the forward with weights
+formed from a bank and attentions).
 
 Each is an implicit GEMM over one sample: the sample's pixels times its own
 weights, the taps of the filter gathered from the input by index (no
@@ -22,15 +24,24 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, stride_xb, stride_xc,
-             stride_xh, stride_xw, stride_wb, stride_wo, stride_wc, stride_yb,
-             stride_yc, stride_yh, stride_yw, SH, SW, PH, PW, DH, DW,
-             KW: tl.constexpr, TAPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, ACC: tl.constexpr):
-    """``y[o, p] = sum_{c, t} w[o, c, t] x[c, p shifted by tap t] (+ bias[o])``
-    for a (BM output pixels, BN output channels) tile. Grid (cdiv(OH * OW,
-    BM), cdiv(CO, BN), B)."""
+def conv_fwd(x, w, mix, chan, tap, filt, bias, y, C, H, W, CO, OH, OW,
+             stride_xb, stride_xc, stride_xh, stride_xw, stride_wb, stride_wk,
+             stride_wo, stride_wc, stride_yb, stride_yc, stride_yh, stride_yw,
+             SH, SW, PH, PW, DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
+             NK: tl.constexpr, HAS_MIX: tl.constexpr, HAS_CHAN: tl.constexpr,
+             HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
+             HAS_BIAS: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
+             BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+    """``y[o, p] = filt[o] sum_{c, t} w'[o, c, t] x[c, p shifted by tap t]
+    (+ bias[o])`` for a (BM output pixels, BN output channels) tile, with
+    the sample's weights ``w'[o, c, t] = chan[c] tap[t] sum_k mix[k]
+    w_k[o, c, t]`` formed tile by tile from ``NK`` weights ``w_k`` at
+    ``w + k * stride_wk`` (each factor only where its ``HAS_`` flag is
+    set; the attentions ``mix`` (B, NK), ``chan`` (B, C), ``tap`` (B,
+    TAPS), ``filt`` and ``bias`` (B, CO) are contiguous). The per-sample
+    conv passes each sample's own weights (``stride_wb``) and no factor;
+    a weight bank shared by the samples has ``stride_wb = 0``. Grid
+    (cdiv(OH * OW, BM), cdiv(CO, BN), B)."""
     b = tl.program_id(2).to(tl.int64)
     p = tl.program_id(0) * BM + tl.arange(0, BM)
     o = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -54,10 +65,23 @@ def conv_fwd(x, w, bias, y, C, H, W, CO, OH, OW, stride_xb, stride_xc,
                     c[None, :] * stride_xc,
                     mask=inside[:, None] & c_in[None, :],
                     other=0)
-        k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t,
-                    mask=c_in[:, None] & o_in[None, :],
-                    other=0)
-        acc += _dot(a, k, TF32, ACC)
+        w_tile = wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t
+        w_in = c_in[:, None] & o_in[None, :]
+        if HAS_MIX:  # Eq. 1 of the ODConv paper, in the accumulator's type
+            k = tl.zeros([BK, BN], ACC)
+            for n in tl.static_range(NK):
+                k += tl.load(mix + b * NK + n).to(ACC) * tl.load(
+                    w_tile + n * stride_wk, mask=w_in, other=0).to(ACC)
+        else:
+            k = tl.load(w_tile, mask=w_in, other=0)
+        if HAS_CHAN:
+            k = k.to(ACC) * tl.load(chan + b * C + c, mask=c_in,
+                                    other=0).to(ACC)[:, None]
+        if HAS_TAP:
+            k = k.to(ACC) * tl.load(tap + b * TAPS + t).to(ACC)
+        acc += _dot(a, k.to(a.dtype), TF32, ACC)
+    if HAS_FILT:
+        acc *= tl.load(filt + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
     tl.store(y + b * stride_yb + (oh * stride_yh + ow * stride_yw)[:, None] +
