@@ -9,6 +9,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from ..ops import dcd_conv as low_rank
 from ..ops import dcd_weights as fused
 from .base import BaseDynamicConv2d, IntOrPair
 from .functional import (adaptive_avg_pool2x2, attention_branch,
@@ -219,6 +220,8 @@ class DCDConv2d(BaseDynamicConv2d):
     def _decomposed(self, x: Tensor) -> Tensor:
         """Eq. 4 on the activations: the static conv's output scaled by
         Lambda(x), plus the residual through the latent space."""
+        if low_rank.applies(self, x):  # inference at a large batch
+            return low_rank.dcd_conv(self, x)
         dynamics = self.dynamics(x)
         out = self.conv(x) * dynamics.scale[:, :, None, None]
         pads = self.residual_padding()

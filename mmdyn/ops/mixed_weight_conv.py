@@ -35,12 +35,13 @@ def applies(layer, x: Tensor) -> bool:
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
     if layer.groups != 1 or not may_fuse(x, [layer.weight], ()) or \
-            folding_pays(x) or _needs_grad(layer, x):
+            folding_pays(x) or needs_grad(layer, x):
         return False
     return kernels_take(x, [layer.weight])
 
 
-def _needs_grad(layer, x: Tensor) -> bool:
+def needs_grad(layer, x: Tensor) -> bool:
+    """Whether ``layer``'s output for ``x`` needs a gradient."""
     return torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for p in layer.parameters()))
 

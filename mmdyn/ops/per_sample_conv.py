@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from ..layers.functional import accumulation_dtype, conv_output_size
 from .block_diagonal_conv import BATCH as BLOCK_DIAGONAL_BATCH
 from .dispatch import folding_pays, may_fuse, outside_autocast
-from .triton_utils import accumulator, cdiv
+from .triton_utils import accumulator, cdiv, next_pow2
 
 #: The weight gradient is split over the pixels into parts until the
 #: kernel has about this many programs (two per streaming multiprocessor
@@ -152,21 +152,33 @@ def _like(x: Tensor, shape) -> Tensor:
                        else torch.contiguous_format)
 
 
+class LowRank(NamedTuple):
+    """A residual through an L-dimensional latent space on the centre tap
+    of the filter, ``P (M_b z + c_b)`` with ``z = Q x``: DCD's ``P Phi(x)
+    Q^T`` (Eq. 4 of the DCD paper) with its BatchNorms folded in."""
+    q: Tensor  # (L, C)
+    m: Tensor  # (B, L, L)
+    c: Tensor  # (B, L)
+    p: Tensor  # (CO, L)
+
+
 def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
                  bank: bool = False, mix: Optional[Tensor] = None,
                  channel: Optional[Tensor] = None,
                  spatial: Optional[Tensor] = None,
                  filter: Optional[Tensor] = None,
-                 bias: Optional[Tensor] = None) -> Tensor:
+                 bias: Optional[Tensor] = None,
+                 low_rank: Optional[LowRank] = None) -> Tensor:
     """The forward kernel's output, in ``x``'s dtype and memory format.
 
     ``weights`` are (B, CO, C, kh, kw), one per sample, or with ``bank`` a
     bank (K, CO, C, kh, kw) that every sample mixes by its ``mix`` (B, K)
     (Eq. 1 of the ODConv paper; K = 1 without ``mix``). ``channel`` (B, C)
     and ``spatial`` (B, kh * kw) scale each sample's weights, ``filter``
-    (B, CO) its output, to which ``bias`` (B, CO) is then added (Eq. 2).
-    The kernel forms each sample's weights tile by tile as it multiplies,
-    so they are never written out.
+    (B, CO) its output, to which the ``low_rank`` residual and ``bias``
+    (B, CO) are then added (Eq. 2 of the ODConv paper, Eq. 4 of the DCD
+    paper). The kernel forms each sample's weights tile by tile as it
+    multiplies, so they are never written out.
     """
     from . import per_sample_conv_kernels as kernels
     weights = weights.contiguous()
@@ -178,17 +190,21 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
     factors = [None if t is None else t.contiguous()
-               for t in (mix, channel, spatial, filter, bias)]
+               for t in (mix, channel, spatial, filter, bias) +
+               (low_rank or LowRank(None, None, None, None))]
+    latent = 0 if low_rank is None else low_rank.q.shape[0]
     kernels.conv_fwd[grid](
         x, weights, *[weights if t is None else t for t in factors], y,
-        channels, height, width, out_channels, out_h, out_w, *x.stride(),
-        0 if bank else weights.stride(0), weights.stride(0) if bank else 0,
-        *weights.stride()[1:3], *y.stride(), *geometry.kernel_args(),
-        KW=kw, TAPS=kh * kw, NK=weights.shape[0] if bank else 1,
-        HAS_MIX=mix is not None, HAS_CHAN=channel is not None,
-        HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
-        HAS_BIAS=bias is not None, TF32=_tf32(x), ACC=accumulator(x.dtype),
-        **tiles)
+        channels, height, width, out_channels, out_h, out_w, latent,
+        *x.stride(), 0 if bank else weights.stride(0),
+        weights.stride(0) if bank else 0, *weights.stride()[1:3],
+        *y.stride(), *geometry.kernel_args(), KW=kw, TAPS=kh * kw,
+        NK=weights.shape[0] if bank else 1, HAS_MIX=mix is not None,
+        HAS_CHAN=channel is not None, HAS_TAP=spatial is not None,
+        HAS_FILT=filter is not None, HAS_BIAS=bias is not None,
+        LOW_RANK=low_rank is not None, LP=max(16, next_pow2(latent)),
+        TC=(kh - 1) // 2 * kw + (kw - 1) // 2, TF32=_tf32(x),
+        ACC=accumulator(x.dtype), **tiles)
     return y
 
 

@@ -24,24 +24,35 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def conv_fwd(x, w, mix, chan, tap, filt, bias, y, C, H, W, CO, OH, OW,
-             stride_xb, stride_xc, stride_xh, stride_xw, stride_wb, stride_wk,
-             stride_wo, stride_wc, stride_yb, stride_yc, stride_yh, stride_yw,
-             SH, SW, PH, PW, DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
-             NK: tl.constexpr, HAS_MIX: tl.constexpr, HAS_CHAN: tl.constexpr,
-             HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
-             HAS_BIAS: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
-             BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def conv_fwd(x, w, mix, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H,
+             W, CO, OH, OW, L, stride_xb, stride_xc, stride_xh, stride_xw,
+             stride_wb, stride_wk, stride_wo, stride_wc, stride_yb, stride_yc,
+             stride_yh, stride_yw, SH, SW, PH, PW, DH, DW, KW: tl.constexpr,
+             TAPS: tl.constexpr, NK: tl.constexpr, HAS_MIX: tl.constexpr,
+             HAS_CHAN: tl.constexpr, HAS_TAP: tl.constexpr,
+             HAS_FILT: tl.constexpr, HAS_BIAS: tl.constexpr,
+             LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
+             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, ACC: tl.constexpr):
     """``y[o, p] = filt[o] sum_{c, t} w'[o, c, t] x[c, p shifted by tap t]
-    (+ bias[o])`` for a (BM output pixels, BN output channels) tile, with
-    the sample's weights ``w'[o, c, t] = chan[c] tap[t] sum_k mix[k]
-    w_k[o, c, t]`` formed tile by tile from ``NK`` weights ``w_k`` at
-    ``w + k * stride_wk`` (each factor only where its ``HAS_`` flag is
-    set; the attentions ``mix`` (B, NK), ``chan`` (B, C), ``tap`` (B,
-    TAPS), ``filt`` and ``bias`` (B, CO) are contiguous). The per-sample
-    conv passes each sample's own weights (``stride_wb``) and no factor;
-    a weight bank shared by the samples has ``stride_wb = 0``. Grid
-    (cdiv(OH * OW, BM), cdiv(CO, BN), B)."""
+    (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
+    tile, each term and factor only where its flag is set:
+
+    - the sample's weights ``w'[o, c, t] = chan[c] tap[t] sum_k mix[k]
+      w_k[o, c, t]`` are formed tile by tile from ``NK`` weights ``w_k`` at
+      ``w + k * stride_wk``. The per-sample conv passes each sample's own
+      weights (``stride_wb``) and no factor; a weight bank shared by the
+      samples has ``stride_wb = 0``;
+    - ``LOW_RANK``: the residual ``r = lr_p (lr_m z + lr_c)`` through an
+      L-dimensional latent space, ``z[l, p] = sum_c q[l, c] x[c, p shifted
+      by tap TC]`` (DCD's ``P Phi(x) Q^T`` on the centre tap, Eq. 4 of the
+      DCD paper), gathered while the product runs over tap TC;
+    - the attentions ``mix`` (B, NK), ``chan`` (B, C), ``tap`` (B, TAPS),
+      ``filt`` and ``bias`` (B, CO), and ``q`` (L, C), ``lr_m`` (B, L, L),
+      ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
+      up to a power of two, at least 16.
+
+    Grid (cdiv(OH * OW, BM), cdiv(CO, BN), B)."""
     b = tl.program_id(2).to(tl.int64)
     p = tl.program_id(0) * BM + tl.arange(0, BM)
     o = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -52,6 +63,9 @@ def conv_fwd(x, w, mix, chan, tap, filt, bias, y, C, H, W, CO, OH, OW,
     xb = x + b * stride_xb
     wb = w + b * stride_wb
     acc = tl.zeros([BM, BN], ACC)
+    lat = tl.arange(0, LP)
+    lat_in = lat < L
+    z = tl.zeros([BM, LP], ACC)
     # one flat loop over (input-channel block, tap): the taps of a block
     # read overlapping windows of the input and adjacent weights
     for step in range(0, tl.cdiv(C, BK) * TAPS):
@@ -65,6 +79,12 @@ def conv_fwd(x, w, mix, chan, tap, filt, bias, y, C, H, W, CO, OH, OW,
                     c[None, :] * stride_xc,
                     mask=inside[:, None] & c_in[None, :],
                     other=0)
+        if LOW_RANK:
+            if t == TC:
+                q_tile = tl.load(q + lat[None, :] * C + c[:, None],
+                                 mask=c_in[:, None] & lat_in[None, :],
+                                 other=0)
+                z += _dot(a, q_tile.to(a.dtype), TF32, ACC)
         w_tile = wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t
         w_in = c_in[:, None] & o_in[None, :]
         if HAS_MIX:  # Eq. 1 of the ODConv paper, in the accumulator's type
@@ -82,6 +102,17 @@ def conv_fwd(x, w, mix, chan, tap, filt, bias, y, C, H, W, CO, OH, OW,
         acc += _dot(a, k.to(a.dtype), TF32, ACC)
     if HAS_FILT:
         acc *= tl.load(filt + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
+    if LOW_RANK:
+        # u[p, l] = sum_j z[p, j] m[l, j] + c[l]; then r = u P^T
+        m = tl.load(lr_m + b * L * L + lat[None, :] * L + lat[:, None],
+                    mask=lat_in[:, None] & lat_in[None, :], other=0)
+        u = _dot(z.to(x.dtype.element_ty), m.to(x.dtype.element_ty), TF32,
+                 ACC) + tl.load(
+            lr_c + b * L + lat, mask=lat_in, other=0).to(ACC)[None, :]
+        p_tile = tl.load(lr_p + o[None, :] * L + lat[:, None],
+                         mask=lat_in[:, None] & o_in[None, :], other=0)
+        acc += _dot(u.to(x.dtype.element_ty), p_tile.to(x.dtype.element_ty),
+                    TF32, ACC)
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
     tl.store(y + b * stride_yb + (oh * stride_yh + ow * stride_yw)[:, None] +

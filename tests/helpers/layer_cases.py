@@ -172,3 +172,20 @@ def forward_backward(conv, tensors, geometry, grad_out=None):
     (out * grad_out).sum().backward()
     return [out.detach()] + [t.grad for t in leaves if t is not None], \
         grad_out
+
+
+def inference(layer_name, geometry, bias=True, device='cpu',
+              dtype=torch.float64, batch=3, mutate=None):
+    """The output of the layer case ``layer_name`` in ``geometry`` for a
+    random input, in eval mode with nothing needing a gradient, with fused
+    ops allowed ('always' on the CPU, 'auto' on a GPU); the reference's
+    output (with ``mutate`` applied to its attentions); and the layer."""
+    layer, reference = make_layer(layer_name, geometry, bias=bias,
+                                  temperature=2.5, device=device,
+                                  dtype=dtype)
+    layer.eval().requires_grad_(False)
+    x = torch.randn(batch, layer.in_channels, 9, 7, dtype=dtype,
+                    device=device)
+    with fused_ops('always' if device == 'cpu' else 'auto'):
+        got = layer(x)
+    return got, reference(layer, x, mutate=mutate), layer

@@ -6,7 +6,7 @@ and (marked ``gpu``) TF32, float16 and bfloat16 on a GPU."""
 import pytest
 import torch
 
-from layer_cases import ApplySpy, make_layer, relative_error
+from layer_cases import ApplySpy, inference, make_layer, relative_error
 from mmdyn.layers import DyConv2d, ODConv2d
 from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import mixed_weight_conv as mixed
@@ -26,21 +26,6 @@ def spy(monkeypatch):
     return ApplySpy(monkeypatch, mixed, 'mixed_weight_conv')
 
 
-def _inference(layer_name, geometry, bias=True, device='cpu',
-               dtype=torch.float64, batch=3, mutate=None):
-    """The layer's output through the op, that of its reference (with
-    ``mutate`` applied to its attentions) and the layer."""
-    layer, reference = make_layer(layer_name, geometry, bias=bias,
-                                  temperature=2.5, device=device,
-                                  dtype=dtype)
-    layer.eval().requires_grad_(False)
-    x = torch.randn(batch, layer.in_channels, 9, 7, dtype=dtype,
-                    device=device)
-    with fused_ops('always' if device == 'cpu' else 'auto'):
-        got = layer(x)
-    return got, reference(layer, x, mutate=mutate), layer
-
-
 @pytest.mark.parametrize('geometry', ['1x1', '1x1-stride2', '3x3-stride2',
                                       '3x3-dilated', '1x3', '5x5-unpadded'])
 @pytest.mark.parametrize('layer_name', LAYERS)
@@ -49,7 +34,7 @@ def test_layers_equal_their_reference(layer_name, geometry, large_batch,
     if geometry != '3x3-stride2' and layer_name in ('dyconv', 'condconv'):
         pytest.skip('the bank-only layers run one geometry: the index paths '
                     'are those of the ODConv cases')
-    got, expected, _ = _inference(layer_name, geometry)
+    got, expected, _ = inference(layer_name, geometry)
     assert spy.calls == 1
     assert relative_error([got], [expected]) < 1e-8
 
@@ -64,7 +49,7 @@ def test_a_dropped_or_doubled_attention_fails(layer_name, attention, how,
                                               large_batch, spy):
     """Negative checks: the comparison sees the op's output differ from a
     reference that drops or doubles any one attention."""
-    got, mutant, _ = _inference(layer_name, '3x3-stride2', mutate={
+    got, mutant, _ = inference(layer_name, '3x3-stride2', mutate={
         attention: how})
     assert spy.calls == 1
     assert relative_error([got], [mutant]) > 1e-3
@@ -119,11 +104,12 @@ def test_training_keeps_the_per_sample_weights(large_batch, spy):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('layer_name', LAYERS)
-def test_gpu_float32_equals_reference(layer_name, large_batch, spy):
+def test_gpu_float32_equals_reference(layer_name, large_batch, spy,
+                                      monkeypatch):
     """On the GPU in float32 (TF32 off) against the reference."""
-    torch.backends.cudnn.allow_tf32 = False
-    got, expected, _ = _inference(layer_name, '3x3-stride2', device='cuda',
-                                  dtype=torch.float32)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    got, expected, _ = inference(layer_name, '3x3-stride2', device='cuda',
+                                 dtype=torch.float32)
     assert spy.calls == 1
     assert relative_error([got], [expected]) < 1e-4
 
@@ -133,7 +119,8 @@ def test_gpu_float32_equals_reference(layer_name, large_batch, spy):
 @pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
 @pytest.mark.parametrize('layer_name', ['odconv-4x', 'dyconv'])
 def test_gpu_reduced_precision_within_tolerance(layer_name, precision,
-                                                layout, large_batch, spy):
+                                                layout, large_batch, spy,
+                                                monkeypatch):
     """A ResNet-sized layer (the 3x3 of stage 2) at 16 images in TF32, and
     under autocast in float16 / bfloat16, against the float32 reference:
     within 5e-3 (bfloat16: 3e-2, its 8-bit mantissa) of the output's
@@ -146,7 +133,7 @@ def test_gpu_reduced_precision_within_tolerance(layer_name, precision,
     x = torch.randn(16, 128, 28, 28, device='cuda')
     if layout == 'channels-last':
         x = x.contiguous(memory_format=torch.channels_last)
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     expected = reference(layer, x)
     torch.backends.cudnn.allow_tf32 = precision == 'tf32'
     dtype = torch.float32 if precision == 'tf32' else getattr(
