@@ -77,8 +77,9 @@ class DCDConv2d(BaseDynamicConv2d):
     BatchNorms in eval mode as with ``norm_eval=True``, a dense ``W0``; see
     :func:`mmdyn.ops.may_fuse`), ``Lambda(x) W0`` and the residual are
     folded into one weight and bias per sample (Eq. 4 of the paper, the
-    BatchNorms as affine maps) by a few Triton kernels instead; the result
-    is the same.
+    BatchNorms as affine maps) by a few Triton kernels instead; at
+    inference on a large batch one conv kernel computes Eq. 4 whole
+    (:mod:`mmdyn.ops.dcd_conv`). The result is the same.
 
     Where the released code differs from the paper (``bn1``, ``bn2``, the
     identity added to Phi, the 0-2 gate, the rules for L and the branch

@@ -113,7 +113,9 @@ class ODConv2d(BaseDynamicConv2d):
     static conv between the two scalings. Where the fused op applies
     (:mod:`mmdyn.ops.odconv_weights`: CUDA, eval-mode attention BatchNorm,
     see :func:`mmdyn.ops.may_fuse`), all four attentions are folded into
-    per-sample weights by a few Triton kernels instead.
+    per-sample weights by a few Triton kernels instead; at inference on a
+    large batch the conv kernel forms those weights tile by tile
+    (:mod:`mmdyn.ops.mixed_weight_conv`).
 
     Args:
         kernel_num (int): Number of weights n ("1x" or "4x" in the paper).

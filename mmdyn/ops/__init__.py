@@ -6,10 +6,13 @@ Each op is a module with an ``applies`` function and the computation
 itself: :mod:`.odconv_weights` (ODConv's attentions and per-sample weights),
 :mod:`.dcd_weights` (DCD's per-sample weights and biases),
 :mod:`.conv_norm` (those biases added by the eval-mode BatchNorm after the
-conv) and :mod:`.per_sample_conv` (per-sample weights applied at large
-batches). :mod:`.block_diagonal_conv` has no kernel of its own: it applies
-per-sample 1x1 weights at two images as one dense cuDNN conv, and asks the
-same dispatch. The layers in :mod:`mmdyn.layers` and the backbones' blocks call
+conv), :mod:`.per_sample_conv` (per-sample weights applied at large
+batches), and for inference at large batches :mod:`.mixed_weight_conv`
+(ODConv, CondConv and DyConv, their weights formed inside the conv kernel)
+and :mod:`.dcd_conv` (DCD's Eq. 4 in the same kernel).
+:mod:`.block_diagonal_conv` has no kernel of its own: it applies per-sample
+1x1 weights at two images as one dense cuDNN conv, and asks the same
+dispatch. The layers in :mod:`mmdyn.layers` and the backbones' blocks call
 them; the layers' own PyTorch operations compute the same, and the tests
 hold both to the papers' reference formulation.
 """

@@ -76,10 +76,12 @@ def dcd_conv(layer, x: Tensor) -> Tensor:
                            c=m @ h1 + h2, p=layer.p.weight.flatten(1))
         bias = None if layer.bias is None else layer.bias.expand(
             x.shape[0], -1)
-    if torch.is_autocast_enabled(device):
-        x = x.to(torch.get_autocast_dtype(device))
+    static = layer.conv.weight[None]
+    if torch.is_autocast_enabled(device):  # as autocast casts a conv's
+        dtype = torch.get_autocast_dtype(device)
+        x, static = x.to(dtype), static.to(dtype)
     with outside_autocast(x):
         return conv_forward(
-            x, layer.conv.weight[None],
+            x, static,
             Geometry(layer.stride, layer.padding, layer.dilation), bank=True,
             filter=dynamics.scale, bias=bias, low_rank=residual)

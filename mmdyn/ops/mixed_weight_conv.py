@@ -57,14 +57,15 @@ def mixed_weight_conv(layer, x: Tensor, mix: Optional[Tensor] = None,
     by ``filter`` (B, CO) and ``bias`` (B, CO) added; None stands for an
     attention the layer does not have (1; with one weight and no ``mix``,
     the bank's only weight). Call where :func:`applies`. Under autocast
-    the input is cast to autocast's dtype, as autocast casts a conv's, and
-    the weight tiles are mixed in float32 and then cast."""
+    the input and the bank are cast to autocast's dtype, as autocast casts
+    a conv's operands, and the weight tiles are mixed in float32."""
     device = x.device.type
+    bank = layer.weight
     if torch.is_autocast_enabled(device):
-        x = x.to(torch.get_autocast_dtype(device))
+        dtype = torch.get_autocast_dtype(device)
+        x, bank = x.to(dtype), bank.to(dtype)
     with outside_autocast(x):
         return conv_forward(
-            x, layer.weight, Geometry(layer.stride, layer.padding,
-                                      layer.dilation),
+            x, bank, Geometry(layer.stride, layer.padding, layer.dilation),
             bank=True, mix=mix, channel=channel, spatial=spatial,
             filter=filter, bias=bias)

@@ -47,6 +47,12 @@ _MIN_PROGRAMS = 264
 MIN_POINTWISE_PIXELS = 128 * 128
 
 
+#: Shared memory that one stage of a kernel's pipelined loads may take: three
+#: stages, and the operands of the products, within the 227 KiB of a block on
+#: an H100 or H200.
+_STAGE_BYTES = 64 * 1024
+
+
 class Geometry(NamedTuple):
     """A layer's geometry, as ``F.conv2d`` takes it."""
     stride: Tuple[int, int]
@@ -132,13 +138,22 @@ def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         return PerSampleConv.apply(x, weight, bias, geometry)
 
 
-def _tiles(dtype: torch.dtype, rows: int, cols: int) -> dict:
-    """Tile sizes and warps of a (rows x cols) output tile's kernel."""
+def _tiles(dtype: torch.dtype, rows: int, cols: int,
+           weights_per_tile: int = 1) -> dict:
+    """Tile sizes and warps of a (rows x cols) output tile's kernel that
+    reads ``weights_per_tile`` weight tiles for each input tile (a bank's
+    weights, mixed in the kernel), in ``dtype``: the depth is halved until
+    one pipeline stage's loads fit :data:`_STAGE_BYTES`."""
     if dtype == torch.float64:  # the interpreter only
         return dict(BM=32, BN=32, BK=16, num_warps=4)
     rows = 128 if rows >= 128 else 64
     cols = 128 if cols >= 128 else 64
-    return dict(BM=rows, BN=cols, BK=32 if dtype == torch.float32 else 64,
+    depth = 32 if dtype == torch.float32 else 64
+    size = torch.finfo(dtype).bits // 8
+    while depth > 16 and (rows + weights_per_tile * cols) * depth * size > \
+            _STAGE_BYTES:
+        depth //= 2
+    return dict(BM=rows, BN=cols, BK=depth,
                 num_warps=8 if rows * cols >= 128 * 128 else 4,
                 num_stages=3)
 
@@ -186,7 +201,8 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     out_channels, _, kh, kw = weights.shape[1:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
     y = _like(x, (batch, out_channels, out_h, out_w))
-    tiles = _tiles(x.dtype, out_h * out_w, out_channels)
+    mixed = weights.shape[0] if bank and mix is not None else 1
+    tiles = _tiles(x.dtype, out_h * out_w, out_channels, mixed)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
     factors = [None if t is None else t.contiguous()
