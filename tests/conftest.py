@@ -1,5 +1,6 @@
 """What every test module shares: the markers, the Triton interpreter on a
-CPU, the helpers' folder on ``sys.path``, and the ``device`` fixture.
+CPU, the helpers' folder on ``sys.path``, TF32 off, and the
+``large_batch`` fixture.
 
 Markers (registered in setup.cfg):
 
@@ -57,3 +58,11 @@ def _no_tf32():
     backends.cuda.matmul.allow_tf32 = False
     yield
     backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def large_batch(monkeypatch):
+    """Batches of 2 and more count as large (above the fold limit of
+    mmdyn.ops.dispatch): the large-batch paths apply to them."""
+    from mmdyn.ops import dispatch
+    monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)

@@ -6,16 +6,11 @@ a GPU."""
 import pytest
 import torch
 
-from layer_cases import ApplySpy, inference, make_layer, relative_error
+from layer_cases import (PRECISION_TOLERANCE, ApplySpy, gpu_inference_error,
+                         inference, make_layer, relative_error)
 from mmdyn.layers import DCDConv2d
 from mmdyn.ops import dcd_conv, dispatch, fused_ops
 from reference import MUTATIONS, dcd_reference
-
-
-@pytest.fixture
-def large_batch(monkeypatch):
-    """Batches of 2 and more count as large: the op applies to them."""
-    monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
 
 
 @pytest.fixture
@@ -77,24 +72,12 @@ def test_applies_only_in_eval_mode_where_nothing_needs_a_gradient(
 @pytest.mark.parametrize('precision', ['float32', 'tf32', 'float16',
                                        'bfloat16'])
 @pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
-def test_gpu_within_tolerance(precision, layout, large_batch, spy,
-                              monkeypatch):
+def test_gpu_within_tolerance(precision, layout, large_batch, spy):
     """A ResNet-sized layer (the 3x3 of stage 2) at 16 images in float32
     (TF32 off), TF32, and under autocast in float16 / bfloat16, against
-    the float32 reference: within 1e-4 (TF32 and float16: 5e-3; bfloat16:
-    3e-2, its 8-bit mantissa) of the output's scale."""
+    the float32 reference (tolerances: ``PRECISION_TOLERANCE``)."""
     torch.manual_seed(0)
-    layer = DCDConv2d(128, 128, 3, padding=1).cuda()
-    layer.eval().requires_grad_(False)
-    x = torch.randn(16, 128, 28, 28, device='cuda')
-    if layout == 'channels-last':
-        x = x.contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
-    expected = dcd_reference(layer, x)
-    torch.backends.cudnn.allow_tf32 = precision == 'tf32'
-    dtype = getattr(torch, precision, torch.float32)
-    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-        got = layer(x)
-    assert spy.calls == 1 and got.dtype == dtype
-    assert relative_error([got.float()], [expected]) < {
-        'float32': 1e-4, 'bfloat16': 3e-2}.get(precision, 5e-3)
+    error = gpu_inference_error(DCDConv2d(128, 128, 3, padding=1),
+                                dcd_reference, precision, layout)
+    assert spy.calls == 1
+    assert error < PRECISION_TOLERANCE[precision]

@@ -117,12 +117,6 @@ def test_keeps_a_channels_last_input_in_its_layout():
     assert relative_error(got, expected) < 1e-8
 
 
-@pytest.fixture
-def large_batch(monkeypatch):
-    """Batches of 2 and more count as large: the op applies to them."""
-    monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
-
-
 @pytest.mark.parametrize('case', ['applies', 'mode off', 'grouped',
                                   'float16', 'mixed dtypes', 'small batch'])
 def test_applies_only_where_it_should(case, monkeypatch):
