@@ -9,8 +9,8 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .._compat import BatchNormBase
-from ..ops import mixed_weight_conv as mixed
 from ..ops import odconv_weights as fused
+from ..ops import scaled_weight_conv as scaled
 from .base import BaseDynamicConv2d, IntOrPair, attention_width
 from .functional import (attention_branch, global_avg_pool, mix_weights,
                          soften)
@@ -114,8 +114,8 @@ class ODConv2d(BaseDynamicConv2d):
     (:mod:`mmdyn.ops.odconv_weights`: CUDA, eval-mode attention BatchNorm,
     see :func:`mmdyn.ops.may_fuse`), all four attentions are folded into
     per-sample weights by a few Triton kernels instead; at inference on a
-    large batch the conv kernel forms those weights tile by tile
-    (:mod:`mmdyn.ops.mixed_weight_conv`).
+    large batch in half precision, a layer with one weight has them applied
+    inside the conv kernel (:mod:`mmdyn.ops.scaled_weight_conv`).
 
     Args:
         kernel_num (int): Number of weights n ("1x" or "4x" in the paper).
@@ -188,10 +188,10 @@ class ODConv2d(BaseDynamicConv2d):
                 if value is not None}
 
     def forward(self, x: Tensor) -> Tensor:
-        if mixed.applies(self, x):  # inference at a large batch
+        if scaled.applies(self, x):  # inference at a large batch
             att = self.attention(x, self.temperature)
-            return mixed.mixed_weight_conv(
-                self, x, att.kernel, att.channel, att.spatial, att.filter,
+            return scaled.scaled_weight_conv(
+                self, x, att.channel, att.spatial, att.filter,
                 self._per_sample_bias(x.shape[0]))
         if fused.applies(self, x):
             return self.per_sample(x, fused.odconv_weights(self, x),

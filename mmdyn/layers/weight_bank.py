@@ -6,7 +6,6 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from ..ops import mixed_weight_conv as mixed
 from .base import BaseDynamicConv2d, IntOrPair
 from .functional import mix_weights
 
@@ -93,11 +92,10 @@ class WeightBankConv2d(BaseDynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         attention = self.kernel_attention(x)
+        weight = mix_weights(attention, self.weight)
         bias = None if self.bias is None else mix_weights(attention,
                                                           self.bias)
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None \
                 else bias + self.static_bias
-        if mixed.applies(self, x):  # inference at a large batch
-            return mixed.mixed_weight_conv(self, x, attention, bias=bias)
-        return self.per_sample(x, mix_weights(attention, self.weight), bias)
+        return self.per_sample(x, weight, bias)

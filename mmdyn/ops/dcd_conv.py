@@ -11,8 +11,10 @@ residual, whose latent features it gathers from the input tiles it reads
 for the centre tap anyway: the output is written once, and no per-sample
 weight exists.
 
-Forward only: it takes the layer's forward where nothing needs a gradient
-(inference, or a frozen layer and input).
+It pays in float32 (TF32); in half precision (autocast) the layer's own
+operations are faster (``docs/speed.md``). Forward only: it takes the
+layer's forward where nothing needs a gradient (inference, or a frozen
+layer and input).
 """
 from typing import Tuple
 
@@ -21,8 +23,8 @@ from torch import Tensor, nn
 
 from .._compat import BatchNormBase
 from .dispatch import folding_pays, may_fuse, outside_autocast
-from .mixed_weight_conv import needs_grad
 from .per_sample_conv import Geometry, LowRank, conv_forward, kernels_take
+from .scaled_weight_conv import needs_grad, pays
 
 
 def applies(layer, x: Tensor) -> bool:
@@ -31,8 +33,9 @@ def applies(layer, x: Tensor) -> bool:
     statistics in eval mode (as with ``norm_eval=True``), a batch above
     :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted of the
     output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op (for
-    the convs and BatchNorms it stands in for) and the kernels take the
-    dtypes (:func:`~.per_sample_conv.kernels_take`)."""
+    the convs and BatchNorms it stands in for), outside autocast
+    (:func:`~.scaled_weight_conv.pays`) and the kernels take the dtypes
+    (:func:`~.per_sample_conv.kernels_take`)."""
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
     stands_in_for = [layer.conv, layer.q, layer.p, layer.bn1, layer.bn2]
@@ -43,8 +46,8 @@ def applies(layer, x: Tensor) -> bool:
     return all(
         isinstance(bn, BatchNormBase) and not bn.training
         and bn.running_var is not None
-        for bn in (layer.bn1, layer.bn2)) and kernels_take(
-            x, [layer.conv.weight])
+        for bn in (layer.bn1, layer.bn2)) and pays(
+            x, half_precision=False) and kernels_take(x, [layer.conv.weight])
 
 
 def _affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
@@ -76,12 +79,11 @@ def dcd_conv(layer, x: Tensor) -> Tensor:
                            c=m @ h1 + h2, p=layer.p.weight.flatten(1))
         bias = None if layer.bias is None else layer.bias.expand(
             x.shape[0], -1)
-    static = layer.conv.weight[None]
+    static = layer.conv.weight
     if torch.is_autocast_enabled(device):  # as autocast casts a conv's
         dtype = torch.get_autocast_dtype(device)
         x, static = x.to(dtype), static.to(dtype)
     with outside_autocast(x):
         return conv_forward(
-            x, static,
-            Geometry(layer.stride, layer.padding, layer.dilation), bank=True,
-            filter=dynamics.scale, bias=bias, low_rank=residual)
+            x, static, Geometry(layer.stride, layer.padding, layer.dilation),
+            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual)

@@ -2,7 +2,7 @@
 place that decides it.
 
 A fused op (:mod:`mmdyn.ops.odconv_weights`, :mod:`mmdyn.ops.dcd_weights`,
-:mod:`mmdyn.ops.per_sample_conv`, :mod:`mmdyn.ops.mixed_weight_conv`,
+:mod:`mmdyn.ops.per_sample_conv`, :mod:`mmdyn.ops.scaled_weight_conv`,
 :mod:`mmdyn.ops.dcd_conv`) computes with a few Triton kernels what
 the layer's PyTorch operations compute, forward and backward. It may run
 only where it computes the same:
@@ -54,9 +54,9 @@ ENV_VAR = 'MMDYN_FUSED_OPS'
 #: layer's own operations need none (ODConv's 1x1 layers with one weight,
 #: every DCD layer); above it, such a layer computes on the activations
 #: around a dense conv, and the per-sample weights a layer does need are
-#: applied by :mod:`.per_sample_conv` instead of the grouped conv, or at
-#: inference formed inside the conv kernel (:mod:`.mixed_weight_conv`,
-#: :mod:`.dcd_conv`).
+#: applied by :mod:`.per_sample_conv` instead of the grouped conv; at
+#: inference some layers are computed whole by its forward kernel
+#: (:mod:`.scaled_weight_conv`, :mod:`.dcd_conv`).
 MAX_FOLD_BATCH = 8
 
 

@@ -47,12 +47,6 @@ _MIN_PROGRAMS = 264
 MIN_POINTWISE_PIXELS = 128 * 128
 
 
-#: Shared memory that one stage of a kernel's pipelined loads may take: three
-#: stages, and the operands of the products, within the 227 KiB of a block on
-#: an H100 or H200.
-_STAGE_BYTES = 64 * 1024
-
-
 class Geometry(NamedTuple):
     """A layer's geometry, as ``F.conv2d`` takes it."""
     stride: Tuple[int, int]
@@ -138,22 +132,13 @@ def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         return PerSampleConv.apply(x, weight, bias, geometry)
 
 
-def _tiles(dtype: torch.dtype, rows: int, cols: int,
-           weights_per_tile: int = 1) -> dict:
-    """Tile sizes and warps of a (rows x cols) output tile's kernel that
-    reads ``weights_per_tile`` weight tiles for each input tile (a bank's
-    weights, mixed in the kernel), in ``dtype``: the depth is halved until
-    one pipeline stage's loads fit :data:`_STAGE_BYTES`."""
+def _tiles(dtype: torch.dtype, rows: int, cols: int) -> dict:
+    """Tile sizes and warps of a (rows x cols) output tile's kernel."""
     if dtype == torch.float64:  # the interpreter only
         return dict(BM=32, BN=32, BK=16, num_warps=4)
     rows = 128 if rows >= 128 else 64
     cols = 128 if cols >= 128 else 64
-    depth = 32 if dtype == torch.float32 else 64
-    size = torch.finfo(dtype).bits // 8
-    while depth > 16 and (rows + weights_per_tile * cols) * depth * size > \
-            _STAGE_BYTES:
-        depth //= 2
-    return dict(BM=rows, BN=cols, BK=depth,
+    return dict(BM=rows, BN=cols, BK=32 if dtype == torch.float32 else 64,
                 num_warps=8 if rows * cols >= 128 * 128 else 4,
                 num_stages=3)
 
@@ -178,49 +163,44 @@ class LowRank(NamedTuple):
 
 
 def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
-                 bank: bool = False, mix: Optional[Tensor] = None,
-                 channel: Optional[Tensor] = None,
+                 shared: bool = False, channel: Optional[Tensor] = None,
                  spatial: Optional[Tensor] = None,
                  filter: Optional[Tensor] = None,
                  bias: Optional[Tensor] = None,
                  low_rank: Optional[LowRank] = None) -> Tensor:
     """The forward kernel's output, in ``x``'s dtype and memory format.
 
-    ``weights`` are (B, CO, C, kh, kw), one per sample, or with ``bank`` a
-    bank (K, CO, C, kh, kw) that every sample mixes by its ``mix`` (B, K)
-    (Eq. 1 of the ODConv paper; K = 1 without ``mix``). ``channel`` (B, C)
-    and ``spatial`` (B, kh * kw) scale each sample's weights, ``filter``
-    (B, CO) its output, to which the ``low_rank`` residual and ``bias``
-    (B, CO) are then added (Eq. 2 of the ODConv paper, Eq. 4 of the DCD
-    paper). The kernel forms each sample's weights tile by tile as it
-    multiplies, so they are never written out.
+    ``weights`` are (B, CO, C, kh, kw), one per sample, or with ``shared``
+    (CO, C, kh, kw), the same for every sample. ``channel`` (B, C) and
+    ``spatial`` (B, kh * kw) scale each sample's weights, ``filter`` (B,
+    CO) its output, to which the ``low_rank`` residual and ``bias`` (B, CO)
+    are then added (ODConv's Eq. 2 with one weight; DCD's Eq. 4). The
+    kernel scales each weight tile as it multiplies, so no scaled weight is
+    written out.
     """
     from . import per_sample_conv_kernels as kernels
     weights = weights.contiguous()
     batch, channels, height, width = x.shape
-    out_channels, _, kh, kw = weights.shape[1:]
+    out_channels, _, kh, kw = weights.shape[-4:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
     y = _like(x, (batch, out_channels, out_h, out_w))
-    mixed = weights.shape[0] if bank and mix is not None else 1
-    tiles = _tiles(x.dtype, out_h * out_w, out_channels, mixed)
+    tiles = _tiles(x.dtype, out_h * out_w, out_channels)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
-    factors = [None if t is None else t.contiguous()
-               for t in (mix, channel, spatial, filter, bias) +
-               (low_rank or LowRank(None, None, None, None))]
+    terms = [None if t is None else t.contiguous()
+             for t in (channel, spatial, filter, bias) +
+             (low_rank or LowRank(None, None, None, None))]
     latent = 0 if low_rank is None else low_rank.q.shape[0]
     kernels.conv_fwd[grid](
-        x, weights, *[weights if t is None else t for t in factors], y,
+        x, weights, *[weights if t is None else t for t in terms], y,
         channels, height, width, out_channels, out_h, out_w, latent,
-        *x.stride(), 0 if bank else weights.stride(0),
-        weights.stride(0) if bank else 0, *weights.stride()[1:3],
-        *y.stride(), *geometry.kernel_args(), KW=kw, TAPS=kh * kw,
-        NK=weights.shape[0] if bank else 1, HAS_MIX=mix is not None,
-        HAS_CHAN=channel is not None, HAS_TAP=spatial is not None,
-        HAS_FILT=filter is not None, HAS_BIAS=bias is not None,
-        LOW_RANK=low_rank is not None, LP=max(16, next_pow2(latent)),
-        TC=(kh - 1) // 2 * kw + (kw - 1) // 2, TF32=_tf32(x),
-        ACC=accumulator(x.dtype), **tiles)
+        *x.stride(), 0 if shared else weights.stride(0),
+        *weights.stride()[-4:-2], *y.stride(), *geometry.kernel_args(),
+        KW=kw, TAPS=kh * kw, HAS_CHAN=channel is not None,
+        HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
+        HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
+        LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
+        TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
     return y
 
 

@@ -1,7 +1,7 @@
 """Triton kernels of the per-sample convolution (see
 :mod:`mmdyn.ops.per_sample_conv`, which launches them, and
-:mod:`mmdyn.ops.mixed_weight_conv`, which launches the forward with weights
-formed from a bank and attentions).
+:mod:`mmdyn.ops.scaled_weight_conv` and :mod:`mmdyn.ops.dcd_conv`, which
+launch the forward with shared weights and per-sample terms).
 
 Each is an implicit GEMM over one sample: the sample's pixels times its own
 weights, the taps of the filter gathered from the input by index (no
@@ -24,12 +24,11 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def conv_fwd(x, w, mix, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H,
-             W, CO, OH, OW, L, stride_xb, stride_xc, stride_xh, stride_xw,
-             stride_wb, stride_wk, stride_wo, stride_wc, stride_yb, stride_yc,
+def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
+             CO, OH, OW, L, stride_xb, stride_xc, stride_xh, stride_xw,
+             stride_wb, stride_wo, stride_wc, stride_yb, stride_yc,
              stride_yh, stride_yw, SH, SW, PH, PW, DH, DW, KW: tl.constexpr,
-             TAPS: tl.constexpr, NK: tl.constexpr, HAS_MIX: tl.constexpr,
-             HAS_CHAN: tl.constexpr, HAS_TAP: tl.constexpr,
+             TAPS: tl.constexpr, HAS_CHAN: tl.constexpr, HAS_TAP: tl.constexpr,
              HAS_FILT: tl.constexpr, HAS_BIAS: tl.constexpr,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
              TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -38,16 +37,15 @@ def conv_fwd(x, w, mix, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H,
     (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
     tile, each term and factor only where its flag is set:
 
-    - the sample's weights ``w'[o, c, t] = chan[c] tap[t] sum_k mix[k]
-      w_k[o, c, t]`` are formed tile by tile from ``NK`` weights ``w_k`` at
-      ``w + k * stride_wk``. The per-sample conv passes each sample's own
-      weights (``stride_wb``) and no factor; a weight bank shared by the
-      samples has ``stride_wb = 0``;
+    - the sample's weights ``w'[o, c, t] = chan[c] tap[t] w[o, c, t]`` are
+      formed tile by tile. The per-sample conv passes each sample's own
+      weights (``stride_wb``) and no factor; weights shared by the samples
+      have ``stride_wb = 0``;
     - ``LOW_RANK``: the residual ``r = lr_p (lr_m z + lr_c)`` through an
       L-dimensional latent space, ``z[l, p] = sum_c q[l, c] x[c, p shifted
       by tap TC]`` (DCD's ``P Phi(x) Q^T`` on the centre tap, Eq. 4 of the
       DCD paper), gathered while the product runs over tap TC;
-    - the attentions ``mix`` (B, NK), ``chan`` (B, C), ``tap`` (B, TAPS),
+    - the attentions ``chan`` (B, C), ``tap`` (B, TAPS),
       ``filt`` and ``bias`` (B, CO), and ``q`` (L, C), ``lr_m`` (B, L, L),
       ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
       up to a power of two, at least 16.
@@ -85,15 +83,9 @@ def conv_fwd(x, w, mix, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H,
                                  mask=c_in[:, None] & lat_in[None, :],
                                  other=0)
                 z += _dot(a, q_tile.to(a.dtype), TF32, ACC)
-        w_tile = wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t
-        w_in = c_in[:, None] & o_in[None, :]
-        if HAS_MIX:  # Eq. 1 of the ODConv paper, in the accumulator's type
-            k = tl.zeros([BK, BN], ACC)
-            for n in tl.static_range(NK):
-                k += tl.load(mix + b * NK + n).to(ACC) * tl.load(
-                    w_tile + n * stride_wk, mask=w_in, other=0).to(ACC)
-        else:
-            k = tl.load(w_tile, mask=w_in, other=0)
+        k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t,
+                    mask=c_in[:, None] & o_in[None, :],
+                    other=0)
         if HAS_CHAN:
             k = k.to(ACC) * tl.load(chan + b * C + c, mask=c_in,
                                     other=0).to(ACC)[:, None]

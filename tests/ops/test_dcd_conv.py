@@ -1,8 +1,8 @@
 """DCD's inference at a large batch as one conv kernel
 (mmdyn/ops/dcd_conv.py): against the reference formulation (float64,
 < 1e-8) over the geometries a backbone uses, the negative checks, where it
-applies and where not, and (marked ``gpu``) TF32, float16 and bfloat16 on
-a GPU."""
+applies and where not, and (marked ``gpu``) float32 and TF32 on a GPU,
+where it runs, and float16 and bfloat16, where it does not."""
 import pytest
 import torch
 
@@ -72,12 +72,14 @@ def test_applies_only_in_eval_mode_where_nothing_needs_a_gradient(
 @pytest.mark.parametrize('precision', ['float32', 'tf32', 'float16',
                                        'bfloat16'])
 @pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
-def test_gpu_within_tolerance(precision, layout, large_batch, spy):
+def test_gpu_runs_in_float32_within_tolerance(precision, layout,
+                                              large_batch, spy):
     """A ResNet-sized layer (the 3x3 of stage 2) at 16 images in float32
-    (TF32 off), TF32, and under autocast in float16 / bfloat16, against
-    the float32 reference (tolerances: ``PRECISION_TOLERANCE``)."""
+    (TF32 off) and TF32 takes the op, within ``PRECISION_TOLERANCE`` of the
+    float32 reference; under autocast (float16, bfloat16) it keeps the
+    layer's own operations."""
     torch.manual_seed(0)
     error = gpu_inference_error(DCDConv2d(128, 128, 3, padding=1),
                                 dcd_reference, precision, layout)
-    assert spy.calls == 1
+    assert spy.calls == (precision in ('float32', 'tf32'))
     assert error < PRECISION_TOLERANCE[precision]

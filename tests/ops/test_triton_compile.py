@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from mmdyn.ops.triton_utils import triton_installed
 
@@ -39,25 +38,20 @@ KERNELS = {
 #: the per-sample conv's kernels, at the tiles and warps the op launches
 CONV = dict(KW=3, TAPS=9, TF32=False, BM=128, BN=128, BK=32)
 #: the forward's terms, all off: the per-sample conv's own launch
-FORWARD = dict(NK=1, HAS_MIX=False, HAS_CHAN=False, HAS_TAP=False,
-               HAS_FILT=False, HAS_BIAS=True, LOW_RANK=False, LP=16, TC=4)
+FORWARD = dict(HAS_CHAN=False, HAS_TAP=False, HAS_FILT=False, HAS_BIAS=True,
+               LOW_RANK=False, LP=16, TC=4)
 CONV_KERNELS = {
     'per_sample_conv_kernels.conv_fwd': dict(CONV, **FORWARD),
     'per_sample_conv_kernels.conv_bwd_input': CONV,
     'per_sample_conv_kernels.conv_bwd_weights': CONV,
 }
-#: the forward as the inference ops launch it (mixed_weight_conv.py: ODConv
-#: 4x, CondConv 8x; dcd_conv.py: the latent residual), at the tiles the op
-#: picks for a bank of NK weights; the float32 folding of DCD's residual
-#: read beside half-precision activations and weights under autocast
-INFERENCE = {
-    **{f'{nk} mixed weights': dict(FORWARD, NK=nk, HAS_MIX=True,
-                                   HAS_CHAN=True, HAS_TAP=True,
-                                   HAS_FILT=True) for nk in (4, 8)},
-    'low rank': dict(FORWARD, HAS_FILT=True, LOW_RANK=True, LP=64),
-}
-LOW_RANK_FLOAT32 = ('mix', 'chan', 'tap', 'filt', 'bias', 'q', 'lr_m', 'lr_c',
-                    'lr_p')
+#: the forward as the inference ops launch it: scaled_weight_conv.py (ODConv
+#: 1x, under autocast: float32 attentions beside half-precision activations
+#: and weights) and dcd_conv.py (the latent residual, in float32)
+SCALED = dict(CONV, **dict(FORWARD, HAS_CHAN=True, HAS_TAP=True,
+                           HAS_FILT=True, BK=64))
+LOW_RANK = dict(CONV, **dict(FORWARD, HAS_FILT=True, LOW_RANK=True, LP=64))
+ATTENTIONS = ('chan', 'tap', 'filt', 'bias')
 
 SCRIPT = '''
 import importlib, inspect, sys
@@ -113,20 +107,13 @@ def test_every_kernel_compiles_for_sm90():
                      (name, consts, F32, '*fp32', options)]
         launches += [(name, dict(consts, BK=64), F32, pointer, options)
                      for pointer in ('*fp16', '*bf16')]
-    from mmdyn.ops.per_sample_conv import _tiles
-    for consts in INFERENCE.values():
-        mixed = consts['NK'] if consts['HAS_MIX'] else 1
-        for dtype, pointer in ((torch.float32, '*fp32'),
-                               (torch.float16, '*fp16'),
-                               (torch.bfloat16, '*bf16')):
-            tiles = _tiles(dtype, 56 * 56, 256, mixed)
-            options = {k: tiles.pop(k) for k in ('num_warps', 'num_stages')}
-            pointers = dict({k: '*fp32' for k in LOW_RANK_FLOAT32},
-                            **{'*': pointer})
-            for tf32 in (True, False) if dtype == torch.float32 else (False,):
-                launches.append(('per_sample_conv_kernels.conv_fwd',
-                                 dict(CONV, **consts, **tiles, TF32=tf32),
-                                 F32, pointers, options))
+    for pointer in ('*fp16', '*bf16'):
+        pointers = dict({k: '*fp32' for k in ATTENTIONS}, **{'*': pointer})
+        launches.append(('per_sample_conv_kernels.conv_fwd', SCALED, F32,
+                         pointers, options))
+    launches += [('per_sample_conv_kernels.conv_fwd', dict(LOW_RANK,
+                                                           TF32=tf32), F32,
+                  '*fp32', options) for tf32 in (True, False)]
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env.setdefault('TRITON_DEFAULT_FP_FUSION', '1')
     result = subprocess.run([sys.executable, '-c', SCRIPT, repr(launches)],

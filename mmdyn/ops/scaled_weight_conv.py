@@ -1,0 +1,82 @@
+"""ODConv (1x) inference at a large batch with its attentions applied
+inside the conv kernel: Eq. 2 of the ODConv paper with one weight,
+
+``y[b] = a_f[b] * conv(x[b], a_c[b] a_s[b] W) + bias``,
+
+without writing the scaled weights out. Above
+:data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH` the layer's own operations scale
+the input by ``a_c`` and the output by ``a_f`` in passes of their own, and
+its kxk layers need per-sample weights (``a_s``), the layer's weights many
+times over (at the papers' batch of 200, 200 times), written by one op and
+read back by the next. Here the per-sample conv's forward kernel
+(:func:`~mmdyn.ops.per_sample_conv.conv_forward`) scales each tile of the
+one weight, which every sample shares, as it multiplies, and the output as
+it writes it.
+
+It pays in half precision (autocast); in float32 the cuDNN conv of the
+layer's own operations and the per-sample conv op are faster
+(``docs/speed.md``), and with several weights (ODConv 4x) forming each
+tile from the bank costs more than it saves, so those keep their paths.
+Forward only: it takes a layer's forward where nothing needs a gradient
+(inference, or a frozen layer and input).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .dispatch import folding_pays, may_fuse, outside_autocast
+from .per_sample_conv import Geometry, conv_forward, kernels_take
+
+
+def applies(layer, x: Tensor) -> bool:
+    """Whether :func:`scaled_weight_conv` computes ``layer``'s output for
+    input ``x``: a dense layer (``groups == 1``) with one weight, a batch
+    above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted
+    of the output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op,
+    the kernels take the dtypes (:func:`~.per_sample_conv.kernels_take`)
+    and it pays (:func:`pays`)."""
+    # may_fuse first: it refuses while a model is traced or exported, before
+    # a test of the batch size would fix it in the traced graph
+    if layer.groups != 1 or layer.kernel_num != 1 or not may_fuse(
+            x, [layer.weight], ()) or folding_pays(x) or \
+            needs_grad(layer, x):
+        return False
+    return pays(x, half_precision=True) and kernels_take(x, [layer.weight])
+
+
+def pays(x: Tensor, half_precision: bool) -> bool:
+    """Whether an inference op that pays in half precision (autocast) if
+    ``half_precision``, else outside it, runs for input ``x``; in Triton's
+    CPU interpreter, where the tests hold it to the reference in float64,
+    always."""
+    if not x.is_cuda:
+        return True
+    return torch.is_autocast_enabled(x.device.type) == half_precision
+
+
+def needs_grad(layer, x: Tensor) -> bool:
+    """Whether ``layer``'s output for ``x`` needs a gradient."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(
+        p.requires_grad for p in layer.parameters()))
+
+
+def scaled_weight_conv(layer, x: Tensor, channel: Tensor,
+                       spatial: Optional[Tensor], filter: Optional[Tensor],
+                       bias: Optional[Tensor] = None) -> Tensor:
+    """``layer``'s conv of ``x`` with its one weight scaled by ``channel``
+    (B, C) and ``spatial`` (B, kh * kw), the output scaled by ``filter``
+    (B, CO) and ``bias`` (B, CO) added; None stands for an attention the
+    layer does not have. Call where :func:`applies`. Under autocast the
+    input and the weight are cast to autocast's dtype, as autocast casts a
+    conv's operands."""
+    device = x.device.type
+    weight = layer.weight[0]
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+    with outside_autocast(x):
+        return conv_forward(
+            x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
+            shared=True, channel=channel, spatial=spatial, filter=filter,
+            bias=bias)
