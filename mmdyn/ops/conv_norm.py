@@ -14,6 +14,8 @@ affine form: the
 gradients reach ``out``, the bias and the BatchNorm's weight and bias as
 they would through ``norm(conv(x))``.
 """
+from typing import Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -45,11 +47,16 @@ def conv_then_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
     out, bias = conv.forward_split_bias(x)
     if bias is None:
         return norm(out)
+    scale, shift = norm_affine(norm)
+    return torch.addcmul(torch.addcmul(shift, bias, scale)[:, :, None, None],
+                         out, scale[:, None, None])
+
+
+def norm_affine(norm: nn.Module) -> Tuple[Tensor, Tensor]:
+    """Scale and shift of an eval-mode BatchNorm, ``norm(v) = v * s + h``
+    per channel, from its running statistics."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
     shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return torch.addcmul(torch.addcmul(shift, bias, scale)[:, :, None, None],
-                         out, scale[:, None, None])
+    return scale, shift if norm.bias is None else shift + norm.bias

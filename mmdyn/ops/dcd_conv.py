@@ -16,15 +16,13 @@ operations are faster (``docs/speed.md``). Forward only: it takes the
 layer's forward where nothing needs a gradient (inference, or a frozen
 layer and input).
 """
-from typing import Tuple
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._compat import BatchNormBase
-from .dispatch import folding_pays, may_fuse, outside_autocast
+from .conv_norm import norm_affine
+from .dispatch import folding_pays, inference_pays, may_fuse, needs_grad
 from .per_sample_conv import Geometry, LowRank, conv_forward, kernels_take
-from .scaled_weight_conv import needs_grad, pays
 
 
 def applies(layer, x: Tensor) -> bool:
@@ -34,8 +32,8 @@ def applies(layer, x: Tensor) -> bool:
     :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted of the
     output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op (for
     the convs and BatchNorms it stands in for), outside autocast
-    (:func:`~.scaled_weight_conv.pays`) and the kernels take the dtypes
-    (:func:`~.per_sample_conv.kernels_take`)."""
+    (:func:`~mmdyn.ops.dispatch.inference_pays`) and the kernels take the
+    dtypes (:func:`~.per_sample_conv.kernels_take`)."""
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
     stands_in_for = [layer.conv, layer.q, layer.p, layer.bn1, layer.bn2]
@@ -46,17 +44,8 @@ def applies(layer, x: Tensor) -> bool:
     return all(
         isinstance(bn, BatchNormBase) and not bn.training
         and bn.running_var is not None
-        for bn in (layer.bn1, layer.bn2)) and pays(
+        for bn in (layer.bn1, layer.bn2)) and inference_pays(
             x, half_precision=False) and kernels_take(x, [layer.conv.weight])
-
-
-def _affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
-    """Scale and shift of an eval-mode BatchNorm: ``bn(v) = v * s + h``."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    return scale, shift if bn.bias is None else shift + bn.bias
 
 
 def dcd_conv(layer, x: Tensor) -> Tensor:
@@ -68,22 +57,14 @@ def dcd_conv(layer, x: Tensor) -> Tensor:
     ``P (M (s1 Q^T x) + M h1 + h2)``: the kernel gets ``diag(s1) Q^T``,
     ``M`` and ``M h1 + h2`` per sample, and ``P``."""
     dynamics = layer.dynamics(x)
-    device = x.device.type
-    with outside_autocast(x):  # the folding in the parameters' dtype
-        dtype = layer.q.weight.dtype
-        s1, h1 = _affine(layer.bn1)
-        s2, h2 = _affine(layer.bn2)
-        m = s2[:, None] * dynamics.phi.to(dtype) + torch.eye(
-            layer.latent_dim, dtype=dtype, device=x.device)
-        residual = LowRank(q=s1[:, None] * layer.q.weight.flatten(1), m=m,
-                           c=m @ h1 + h2, p=layer.p.weight.flatten(1))
-        bias = None if layer.bias is None else layer.bias.expand(
-            x.shape[0], -1)
-    static = layer.conv.weight
-    if torch.is_autocast_enabled(device):  # as autocast casts a conv's
-        dtype = torch.get_autocast_dtype(device)
-        x, static = x.to(dtype), static.to(dtype)
-    with outside_autocast(x):
-        return conv_forward(
-            x, static, Geometry(layer.stride, layer.padding, layer.dilation),
-            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual)
+    s1, h1 = norm_affine(layer.bn1)
+    s2, h2 = norm_affine(layer.bn2)
+    m = s2[:, None] * dynamics.phi + torch.eye(
+        layer.latent_dim, dtype=x.dtype, device=x.device)
+    residual = LowRank(q=s1[:, None] * layer.q.weight.flatten(1), m=m,
+                       c=m @ h1 + h2, p=layer.p.weight.flatten(1))
+    bias = None if layer.bias is None else layer.bias.expand(x.shape[0], -1)
+    return conv_forward(
+        x, layer.conv.weight,
+        Geometry(layer.stride, layer.padding, layer.dilation), shared=True,
+        filter=dynamics.scale, bias=bias, low_rank=residual)

@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .dispatch import folding_pays, may_fuse, outside_autocast
+from .dispatch import (folding_pays, inference_pays, may_fuse, needs_grad,
+                       outside_autocast)
 from .per_sample_conv import Geometry, conv_forward, kernels_take
 
 
@@ -35,30 +36,16 @@ def applies(layer, x: Tensor) -> bool:
     above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted
     of the output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op,
     the kernels take the dtypes (:func:`~.per_sample_conv.kernels_take`)
-    and it pays (:func:`pays`)."""
+    and it pays: under autocast
+    (:func:`~mmdyn.ops.dispatch.inference_pays`)."""
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
     if layer.groups != 1 or layer.kernel_num != 1 or not may_fuse(
             x, [layer.weight], ()) or folding_pays(x) or \
             needs_grad(layer, x):
         return False
-    return pays(x, half_precision=True) and kernels_take(x, [layer.weight])
-
-
-def pays(x: Tensor, half_precision: bool) -> bool:
-    """Whether an inference op that pays in half precision (autocast) if
-    ``half_precision``, else outside it, runs for input ``x``; in Triton's
-    CPU interpreter, where the tests hold it to the reference in float64,
-    always."""
-    if not x.is_cuda:
-        return True
-    return torch.is_autocast_enabled(x.device.type) == half_precision
-
-
-def needs_grad(layer, x: Tensor) -> bool:
-    """Whether ``layer``'s output for ``x`` needs a gradient."""
-    return torch.is_grad_enabled() and (x.requires_grad or any(
-        p.requires_grad for p in layer.parameters()))
+    return inference_pays(x, half_precision=True) and kernels_take(
+        x, [layer.weight])
 
 
 def scaled_weight_conv(layer, x: Tensor, channel: Tensor,

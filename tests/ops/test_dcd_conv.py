@@ -48,12 +48,12 @@ def test_a_dropped_or_doubled_part_fails(part, how, large_batch, spy):
 
 @pytest.mark.parametrize('case', [
     'no grad', 'frozen', 'parameters need a gradient', 'small batch',
-    'grouped', 'bn training', 'mode off'
+    'grouped', 'bn training', 'mode off', 'autocast'
 ])
 def test_applies_only_in_eval_mode_where_nothing_needs_a_gradient(
         case, monkeypatch):
     layer, _ = make_layer('dcd', '3x3-grouped' if case == 'grouped' else
-                          '3x3')
+                          '3x3', dtype=torch.float32)
     layer.eval()
     if case != 'small batch':
         monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
@@ -61,10 +61,13 @@ def test_applies_only_in_eval_mode_where_nothing_needs_a_gradient(
         layer.requires_grad_(False)
     if case == 'bn training':
         layer.bn2.train()
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    x = torch.randn(2, 8, 5, 5)
     grad = case in ('frozen', 'parameters need a gradient')
+    # float16 autocast, which the kernels would take: it pays outside only
+    autocast = torch.autocast('cpu', dtype=torch.float16,
+                              enabled=case == 'autocast')
     with fused_ops('off' if case == 'mode off' else 'always'), \
-            torch.set_grad_enabled(grad):
+            torch.set_grad_enabled(grad), autocast:
         assert dcd_conv.applies(layer, x) is (case in ('no grad', 'frozen'))
 
 

@@ -58,25 +58,28 @@ def test_keeps_a_channels_last_input_in_its_layout(large_batch, spy):
 @pytest.mark.parametrize('case', [
     'no grad', 'frozen', 'parameters need a gradient', 'input needs a '
     'gradient', 'small batch', 'grouped', 'several weights', 'mode off',
-    'float16'
+    'float16', 'autocast'
 ])
 def test_applies_only_where_nothing_needs_a_gradient(case, monkeypatch):
     layer, _ = make_layer(
         'odconv-4x-fused' if case == 'several weights' else
-        'odconv-1x-fused', '3x3-grouped' if case == 'grouped' else '3x3')
+        'odconv-1x-fused', '3x3-grouped' if case == 'grouped' else '3x3',
+        dtype=torch.float32)
     if case != 'small batch':
         monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
     if case == 'frozen':
         layer.requires_grad_(False)
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64,
+    x = torch.randn(2, 8, 5, 5,
                     requires_grad=case == 'input needs a gradient')
     if case == 'float16':  # a model cast to half precision, not autocast
         layer, x = layer.half(), x.half()
     grad = case in ('frozen', 'parameters need a gradient',
                     'input needs a gradient')
-    expected = case in ('no grad', 'frozen')
+    expected = case in ('no grad', 'frozen', 'autocast')
+    autocast = torch.autocast('cpu', dtype=torch.float16,
+                              enabled=case == 'autocast')
     with fused_ops('off' if case == 'mode off' else 'always'), \
-            torch.set_grad_enabled(grad):
+            torch.set_grad_enabled(grad), autocast:
         assert scaled.applies(layer, x) is expected
 
 
