@@ -173,6 +173,17 @@ def pixel_sums(x: Tensor) -> Tensor:
     return x.sum(dim=(2, 3), dtype=compute_dtype(x))
 
 
+def as_conv_operands(x: Tensor, *tensors: Optional[Tensor]) -> tuple:
+    """``x`` and ``tensors`` (None stays None) cast to autocast's dtype on
+    ``x``'s device, as autocast casts a conv's operands; as they are where
+    autocast is off."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
+
+
 def outside_autocast(x: Tensor):
     """A context without autocast on ``x``'s device, for the op's own
     float32 computation (a no-op context where autocast is off)."""

@@ -33,7 +33,8 @@ from torch.autograd.function import once_differentiable
 
 from ..layers.functional import accumulation_dtype, conv_output_size
 from .block_diagonal_conv import BATCH as BLOCK_DIAGONAL_BATCH
-from .dispatch import folding_pays, may_fuse, outside_autocast
+from .dispatch import (as_conv_operands, folding_pays, may_fuse,
+                       outside_autocast)
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: The weight gradient is split over the pixels into parts until the
@@ -123,11 +124,7 @@ def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
     """``out[b] = F.conv2d(x[b], weight[b], bias[b], *geometry)`` for every
     sample ``b``; call where :func:`applies`. Under autocast the three are
     cast to autocast's dtype first, as autocast casts a conv's operands."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = as_conv_operands(x, weight, bias)
     with outside_autocast(x):
         return PerSampleConv.apply(x, weight, bias, geometry)
 

@@ -22,11 +22,10 @@ Forward only: it takes a layer's forward where nothing needs a gradient
 """
 from typing import Optional
 
-import torch
 from torch import Tensor
 
-from .dispatch import (folding_pays, inference_pays, may_fuse, needs_grad,
-                       outside_autocast)
+from .dispatch import (as_conv_operands, folding_pays, inference_pays,
+                       may_fuse, needs_grad, outside_autocast)
 from .per_sample_conv import Geometry, conv_forward, kernels_take
 
 
@@ -57,11 +56,7 @@ def scaled_weight_conv(layer, x: Tensor, channel: Tensor,
     layer does not have. Call where :func:`applies`. Under autocast the
     input and the weight are cast to autocast's dtype, as autocast casts a
     conv's operands."""
-    device = x.device.type
-    weight = layer.weight[0]
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = as_conv_operands(x, layer.weight[0])
     with outside_autocast(x):
         return conv_forward(
             x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
