@@ -176,7 +176,7 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     written out.
     """
     from . import per_sample_conv_kernels as kernels
-    weights = weights.contiguous()
+    weights = _tile_layout(weights)
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weights.shape[-4:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
@@ -192,13 +192,25 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
         x, weights, *[weights if t is None else t for t in terms], y,
         channels, height, width, out_channels, out_h, out_w, latent,
         *x.stride(), 0 if shared else weights.stride(0),
-        *weights.stride()[-4:-2], *y.stride(), *geometry.kernel_args(),
+        *weights.stride()[-4:-2], weights.stride(-1), *y.stride(),
+        *geometry.kernel_args(),
         KW=kw, TAPS=kh * kw, HAS_CHAN=channel is not None,
         HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
         HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
         TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
     return y
+
+
+def _tile_layout(weights: Tensor) -> Tensor:
+    """``weights`` (..., CO, C, kh, kw) laid out for the forward kernel's
+    tiles: shared weights (4-d) channels-last, so that a tile's input
+    channels are adjacent in memory (in NCHW, each is kh * kw elements
+    from the next); per-sample weights (5-d, which the backward kernels
+    read too) contiguous."""
+    if weights.dim() == 4:
+        return weights.contiguous(memory_format=torch.channels_last)
+    return weights.contiguous()
 
 
 def _tf32(x: Tensor) -> bool:

@@ -26,10 +26,11 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 @triton.jit
 def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
              CO, OH, OW, L, stride_xb, stride_xc, stride_xh, stride_xw,
-             stride_wb, stride_wo, stride_wc, stride_yb, stride_yc,
-             stride_yh, stride_yw, SH, SW, PH, PW, DH, DW, KW: tl.constexpr,
-             TAPS: tl.constexpr, HAS_CHAN: tl.constexpr, HAS_TAP: tl.constexpr,
-             HAS_FILT: tl.constexpr, HAS_BIAS: tl.constexpr,
+             stride_wb, stride_wo, stride_wc, stride_wt, stride_yb,
+             stride_yc, stride_yh, stride_yw, SH, SW, PH, PW, DH, DW,
+             KW: tl.constexpr, TAPS: tl.constexpr, HAS_CHAN: tl.constexpr,
+             HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
+             HAS_BIAS: tl.constexpr,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
              TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
              BK: tl.constexpr, ACC: tl.constexpr):
@@ -40,7 +41,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
     - the sample's weights ``w'[o, c, t] = chan[c] tap[t] w[o, c, t]`` are
       formed tile by tile. The per-sample conv passes each sample's own
       weights (``stride_wb``) and no factor; weights shared by the samples
-      have ``stride_wb = 0``;
+      have ``stride_wb = 0``. Taps are ``stride_wt`` apart: 1 where the
+      weights are contiguous, C where they are channels-last;
     - ``LOW_RANK``: the residual ``r = lr_p (lr_m z + lr_c)`` through an
       L-dimensional latent space, ``z[l, p] = sum_c q[l, c] x[c, p shifted
       by tap TC]`` (DCD's ``P Phi(x) Q^T`` on the centre tap, Eq. 4 of the
@@ -83,7 +85,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
                                  mask=c_in[:, None] & lat_in[None, :],
                                  other=0)
                 z += _dot(a, q_tile.to(a.dtype), TF32, ACC)
-        k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc + t,
+        k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc +
+                    t * stride_wt,
                     mask=c_in[:, None] & o_in[None, :],
                     other=0)
         if HAS_CHAN:
