@@ -88,11 +88,11 @@ param_scheduler = [
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
-# one checkpoint, at the end (weights and AdamW's state); a log line every 5
+# one checkpoint, at the end (weights and AdamW's state); a log line every 3
 # iterations, within seconds on a CPU, in training and test
 default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=max_iters),
-    logger=dict(interval=5))
+    logger=dict(interval=3))
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(base_batch_size=4)
 randomness = dict(seed=0)  # the same run on every machine of a kind
