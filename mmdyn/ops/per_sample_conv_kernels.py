@@ -38,11 +38,12 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
     (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
     tile, each term and factor only where its flag is set:
 
-    - the sample's weights ``w'[o, c, t] = chan[c] tap[t] w[o, c, t]`` are
-      formed tile by tile. The per-sample conv passes each sample's own
-      weights (``stride_wb``) and no factor; weights shared by the samples
-      have ``stride_wb = 0``. Taps are ``stride_wt`` apart: 1 where the
-      weights are contiguous, C where they are channels-last;
+    - the sample's weights ``w'[o, c, t] = chan[c] tap[t] w[o, c, t]``,
+      with ``chan`` and ``tap`` scaling the input tiles. The per-sample
+      conv passes each sample's own weights (``stride_wb``) and no factor;
+      weights shared by the samples have ``stride_wb = 0``. Taps are
+      ``stride_wt`` apart: 1 where the weights are contiguous, C where
+      they are channels-last;
     - ``LOW_RANK``: the residual ``r = lr_p (lr_m z + lr_c)`` through an
       L-dimensional latent space, ``z[l, p] = sum_c q[l, c] x[c, p shifted
       by tap TC]`` (DCD's ``P Phi(x) Q^T`` on the centre tap, Eq. 4 of the
@@ -85,15 +86,21 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
                                  mask=c_in[:, None] & lat_in[None, :],
                                  other=0)
                 z += _dot(a, q_tile.to(a.dtype), TF32, ACC)
+        # the sample's weight scales apply to its input tile instead:
+        # sum_c w[o, c, t] chan[c] tap[t] x[c] is the same sum, and the
+        # weight tile goes to the product as read
+        if HAS_CHAN or HAS_TAP:
+            s = tl.full([1, 1], 1, ACC)
+            if HAS_CHAN:
+                s = s * tl.load(chan + b * C + c, mask=c_in,
+                                other=0).to(ACC)[None, :]
+            if HAS_TAP:
+                s = s * tl.load(tap + b * TAPS + t).to(ACC)
+            a = (a.to(ACC) * s).to(a.dtype)
         k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc +
                     t * stride_wt,
                     mask=c_in[:, None] & o_in[None, :],
                     other=0)
-        if HAS_CHAN:
-            k = k.to(ACC) * tl.load(chan + b * C + c, mask=c_in,
-                                    other=0).to(ACC)[:, None]
-        if HAS_TAP:
-            k = k.to(ACC) * tl.load(tap + b * TAPS + t).to(ACC)
         acc += _dot(a, k.to(a.dtype), TF32, ACC)
     if HAS_FILT:
         acc *= tl.load(filt + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
