@@ -21,7 +21,8 @@ from torch import Tensor
 
 from .._compat import BatchNormBase
 from .conv_norm import norm_affine
-from .dispatch import folding_pays, inference_pays, may_fuse, needs_grad
+from .dispatch import (as_conv_operands, folding_pays, inference_pays,
+                       may_fuse, needs_grad, outside_autocast)
 from .per_sample_conv import Geometry, LowRank, conv_forward, kernels_take
 
 
@@ -64,7 +65,8 @@ def dcd_conv(layer, x: Tensor) -> Tensor:
     residual = LowRank(q=s1[:, None] * layer.q.weight.flatten(1), m=m,
                        c=m @ h1 + h2, p=layer.p.weight.flatten(1))
     bias = None if layer.bias is None else layer.bias.expand(x.shape[0], -1)
-    return conv_forward(
-        x, layer.conv.weight,
-        Geometry(layer.stride, layer.padding, layer.dilation), shared=True,
-        filter=dynamics.scale, bias=bias, low_rank=residual)
+    x, weight = as_conv_operands(x, layer.conv.weight)
+    with outside_autocast(x):
+        return conv_forward(
+            x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
+            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual)
