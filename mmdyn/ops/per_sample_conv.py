@@ -203,14 +203,32 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
 
 
 def _tile_layout(weights: Tensor) -> Tensor:
-    """``weights`` (..., CO, C, kh, kw) laid out for the forward kernel's
-    tiles: shared weights (4-d) channels-last, so that a tile's input
-    channels are adjacent in memory (in NCHW, each is kh * kw elements
-    from the next); per-sample weights (5-d, which the backward kernels
-    read too) contiguous."""
+    """``weights`` (..., CO, C, kh, kw) laid out for the kernels' tiles:
+    channels-last, each output channel's (kh, kw, C), so that a tile's
+    input channels are adjacent in memory (in NCHW, each is kh * kw
+    elements from the next)."""
     if weights.dim() == 4:
         return weights.contiguous(memory_format=torch.channels_last)
-    return weights.contiguous()
+    return _channels_last_5d(weights.shape, weights.device,
+                             weights.dtype).copy_(weights) \
+        if not _is_channels_last_5d(weights) else weights
+
+
+def _channels_last_5d(shape, device, dtype) -> Tensor:
+    """An empty (..., CO, C, kh, kw) tensor laid out as (..., CO, kh, kw,
+    C)."""
+    *lead, out_channels, channels, kh, kw = shape
+    return torch.empty((*lead, out_channels, kh, kw, channels),
+                       device=device, dtype=dtype).movedim(-1, -3)
+
+
+def _is_channels_last_5d(weights: Tensor) -> bool:
+    """Whether ``weights`` (B, CO, C, kh, kw) are laid out as
+    :func:`_channels_last_5d` makes them."""
+    _, out_channels, channels, kh, kw = weights.shape
+    return weights.stride()[1:] == (kh * kw * channels, 1, kw * channels,
+                                    channels) and \
+        weights.stride(0) == out_channels * kh * kw * channels
 
 
 def _tf32(x: Tensor) -> bool:
@@ -253,7 +271,8 @@ class PerSampleConv(torch.autograd.Function):
             kernels.conv_bwd_input[grid](
                 grad_y, weight, grad_x, channels, height, width,
                 out_channels, out_h, out_w, *grad_y.stride(),
-                *weight.stride()[:3], *grad_x.stride(), *g.kernel_args(),
+                *weight.stride()[:3], weight.stride(-1), *grad_x.stride(),
+                *g.kernel_args(),
                 KW=kw, TAPS=taps, TF32=ctx.tf32, ACC=acc, **tiles)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(kernels, grad_y, x, weight.shape, g,
@@ -278,12 +297,13 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
     parts = max(1, min(blocks, cdiv(_MIN_PROGRAMS, programs)))
     per_part = cdiv(blocks, parts)
     parts = cdiv(blocks, per_part)
-    sums = torch.empty((parts, ) + tuple(shape), device=x.device,
-                       dtype=accumulation_dtype(x.dtype))
+    sums = _channels_last_5d((parts, ) + tuple(shape), x.device,
+                             accumulation_dtype(x.dtype))
     grid = (cdiv(out_channels, tiles['BM']) * cdiv(channels, tiles['BN']),
             kh * kw, batch * parts)
     kernels.conv_bwd_weights[grid](
         grad_y, x, sums, channels, height, width, out_channels, out_h, out_w,
-        *grad_y.stride(), *x.stride(), *g.kernel_args(), batch, per_part,
+        *grad_y.stride(), *x.stride(), sums.stride(2), sums.stride(3),
+        sums.stride(-1), *g.kernel_args(), batch, per_part,
         KW=kw, TAPS=kh * kw, TF32=tf32, ACC=acc, **tiles)
     return (sums[0] if parts == 1 else sums.sum(dim=0)).to(x.dtype)

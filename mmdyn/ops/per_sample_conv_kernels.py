@@ -126,8 +126,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
 @triton.jit
 def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
                    stride_gh, stride_gw, stride_wb, stride_wo, stride_wc,
-                   stride_xb, stride_xc, stride_xh, stride_xw, SH, SW, PH, PW,
-                   DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
+                   stride_wt, stride_xb, stride_xc, stride_xh, stride_xw, SH,
+                   SW, PH, PW, DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
                    TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                    BK: tl.constexpr, ACC: tl.constexpr):
     """``gx[c, q] = sum_{o, t} w[o, c, t] gy[o, p]`` over the output pixels
@@ -158,7 +158,8 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
                     o[None, :] * stride_gc,
                     mask=hit[:, None] & o_in[None, :],
                     other=0)
-        k = tl.load(wb + o[:, None] * stride_wo + c[None, :] * stride_wc + t,
+        k = tl.load(wb + o[:, None] * stride_wo + c[None, :] * stride_wc +
+                    t * stride_wt,
                     mask=o_in[:, None] & c_in[None, :],
                     other=0)
         acc += _dot(a, k, TF32, ACC)
@@ -171,7 +172,8 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
 @triton.jit
 def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
                      stride_gh, stride_gw, stride_xb, stride_xc, stride_xh,
-                     stride_xw, SH, SW, PH, PW, DH, DW, B, BLOCKS_PER_PART,
+                     stride_xw, stride_po, stride_pc, stride_pt, SH, SW, PH,
+                     PW, DH, DW, B, BLOCKS_PER_PART,
                      KW: tl.constexpr, TAPS: tl.constexpr, TF32: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                      ACC: tl.constexpr):
@@ -179,7 +181,9 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
     t]``: the sum over output pixels ``[part * BLOCKS_PER_PART * BK, (part +
     1) * BLOCKS_PER_PART * BK)``, for a (BM output channels, BN input
     channels) tile of one tap, written to ``parts[part, b]`` (B, CO, C,
-    TAPS); the caller adds the parts in order. Grid (cdiv(CO, BM) * cdiv(C,
+    TAPS), each sample's block contiguous and addressed within by the
+    strides ``stride_po``, ``stride_pc``, ``stride_pt``; the caller adds the
+    parts in order. Grid (cdiv(CO, BM) * cdiv(C,
     BN), TAPS, B * parts)."""
     tiles_c = tl.cdiv(C, BN)
     o = (tl.program_id(0) // tiles_c) * BM + tl.arange(0, BM)
@@ -212,7 +216,7 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
                     mask=inside[:, None] & c_in[None, :],
                     other=0)
         acc += _dot(g, a, TF32, ACC)
-    out = parts + ((part * B + b) * CO * C * TAPS + t)
-    tl.store(out + (o[:, None] * C + c[None, :]) * TAPS,
+    out = parts + ((part * B + b) * CO * C * TAPS + t * stride_pt)
+    tl.store(out + o[:, None] * stride_po + c[None, :] * stride_pc,
              acc,
              mask=o_in[:, None] & c_in[None, :])
