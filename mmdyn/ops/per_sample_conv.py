@@ -209,9 +209,10 @@ def _tile_layout(weights: Tensor) -> Tensor:
     elements from the next)."""
     if weights.dim() == 4:
         return weights.contiguous(memory_format=torch.channels_last)
+    if _is_channels_last_5d(weights):
+        return weights
     return _channels_last_5d(weights.shape, weights.device,
-                             weights.dtype).copy_(weights) \
-        if not _is_channels_last_5d(weights) else weights
+                             weights.dtype).copy_(weights)
 
 
 def _channels_last_5d(shape, device, dtype) -> Tensor:

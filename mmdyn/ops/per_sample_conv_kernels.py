@@ -183,8 +183,8 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
     channels) tile of one tap, written to ``parts[part, b]`` (B, CO, C,
     TAPS), each sample's block contiguous and addressed within by the
     strides ``stride_po``, ``stride_pc``, ``stride_pt``; the caller adds the
-    parts in order. Grid (cdiv(CO, BM) * cdiv(C,
-    BN), TAPS, B * parts)."""
+    parts in order. Grid (cdiv(CO, BM) * cdiv(C, BN), TAPS,
+    B * parts)."""
     tiles_c = tl.cdiv(C, BN)
     o = (tl.program_id(0) // tiles_c) * BM + tl.arange(0, BM)
     c = (tl.program_id(0) % tiles_c) * BN + tl.arange(0, BN)
