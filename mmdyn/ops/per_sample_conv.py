@@ -224,12 +224,10 @@ def _channels_last_5d(shape, device, dtype) -> Tensor:
 
 
 def _is_channels_last_5d(weights: Tensor) -> bool:
-    """Whether ``weights`` (B, CO, C, kh, kw) are laid out as
-    :func:`_channels_last_5d` makes them."""
-    _, out_channels, channels, kh, kw = weights.shape
-    return weights.stride()[1:] == (kh * kw * channels, 1, kw * channels,
-                                    channels) and \
-        weights.stride(0) == out_channels * kh * kw * channels
+    """Whether ``weights`` (..., CO, C, kh, kw) are laid out as
+    :func:`_channels_last_5d` makes them (for 1x1 weights, contiguous ones
+    are: the strides of dimensions of size 1 do not matter)."""
+    return weights.movedim(-3, -1).is_contiguous()
 
 
 def _tf32(x: Tensor) -> bool:

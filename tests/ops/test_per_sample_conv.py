@@ -117,6 +117,24 @@ def test_keeps_a_channels_last_input_in_its_layout():
     assert relative_error(got, expected) < 1e-8
 
 
+@pytest.mark.parametrize('kernel', [1, 3])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels-last'])
+def test_weights_are_copied_to_the_tile_layout_only_where_they_differ(
+        kernel, layout):
+    """The kernels read per-sample weights as each output channel's (kh,
+    kw, C): a copy is made only where the weights are laid out otherwise
+    (contiguous 1x1 weights already are)."""
+    weights = torch.randn(2, 6, 5, kernel, kernel)
+    if layout == 'channels-last':
+        weights = weights.permute(0, 1, 3, 4, 2).contiguous().permute(
+            0, 1, 4, 2, 3)
+    laid_out = fused_conv._tile_layout(weights)
+    assert laid_out.movedim(-3, -1).is_contiguous()
+    assert torch.equal(laid_out, weights)
+    copied = kernel == 3 and layout == 'contiguous'
+    assert (laid_out.data_ptr() != weights.data_ptr()) is copied
+
+
 @pytest.mark.parametrize('case', ['applies', 'mode off', 'grouped',
                                   'float16', 'mixed dtypes', 'small batch'])
 def test_applies_only_where_it_should(case, monkeypatch):
