@@ -181,6 +181,9 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     out_channels, _, kh, kw = weights.shape[-4:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
     y = _like(x, (batch, out_channels, out_h, out_w))
+    flat = _reads_own_pixel((kh, kw), geometry) and _rows_dense(x)
+    if not flat:
+        x = _gather_layout(x)
     tiles = _tiles(x.dtype, out_h * out_w, out_channels)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
@@ -190,11 +193,11 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     latent = 0 if low_rank is None else low_rank.q.shape[0]
     kernels.conv_fwd[grid](
         x, weights, *[weights if t is None else t for t in terms], y,
-        channels, height, width, out_channels, out_h, out_w, latent,
-        *x.stride(), 0 if shared else weights.stride(0),
-        *weights.stride()[-4:-2], weights.stride(-1), *y.stride(),
+        channels, height, width, out_channels, out_h, out_w, out_h * out_w,
+        latent, *x.stride(), 0 if shared else weights.stride(0),
+        *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
         *geometry.kernel_args(),
-        KW=kw, TAPS=kh * kw, HAS_CHAN=channel is not None,
+        KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
         HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
         HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
@@ -230,6 +233,34 @@ def _is_channels_last_5d(weights: Tensor) -> bool:
     return weights.movedim(-3, -1).is_contiguous()
 
 
+def _reads_own_pixel(kernel_size, geometry: Geometry) -> bool:
+    """Whether each output pixel of the conv reads the input pixel at its
+    own place, and only it (a 1x1 filter, stride 1, no padding)."""
+    return tuple(kernel_size) == (1, 1) and \
+        tuple(geometry.stride) == (1, 1) and tuple(geometry.padding) == (0, 0)
+
+
+def _rows_dense(t: Tensor) -> bool:
+    """Whether the rows of ``t``'s (..., H, W) maps are W pixels apart (as
+    in NCHW and channels-last tensors), so that the kernels may address
+    pixel ``h * W + w`` as one flat index."""
+    return t.shape[-2] == 1 or t.stride(-2) == t.shape[-1] * t.stride(-1)
+
+
+def _gather_layout(t: Tensor) -> Tensor:
+    """``t`` (B, C, H, W) channels-last, as the kernels gather a filter's
+    taps: pixels scattered by a tap are read as vectors only along the
+    channels, which are adjacent in this layout (a copy where ``t`` is
+    not)."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _pixel_strides(t: Tensor) -> Tuple[int, int, int]:
+    """Sample, channel and flat-pixel strides of a (B, C, H, W) tensor whose
+    rows are dense (:func:`_rows_dense`)."""
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
 def _tf32(x: Tensor) -> bool:
     """Whether float32 products go through TF32: where PyTorch allows it
     for convolutions, as for the conv the kernels stand in for."""
@@ -263,16 +294,19 @@ class PerSampleConv(torch.autograd.Function):
         acc = accumulator(x.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
+            flat = _reads_own_pixel((kh, kw), g) and _rows_dense(grad_y)
+            gy = grad_y if flat else _gather_layout(grad_y)
             grad_x = _like(x, x.shape)
             tiles = _tiles(x.dtype, height * width, channels)
             grid = (cdiv(height * width, tiles['BM']),
                     cdiv(channels, tiles['BN']), batch)
             kernels.conv_bwd_input[grid](
-                grad_y, weight, grad_x, channels, height, width,
-                out_channels, out_h, out_w, *grad_y.stride(),
-                *weight.stride()[:3], weight.stride(-1), *grad_x.stride(),
-                *g.kernel_args(),
-                KW=kw, TAPS=taps, TF32=ctx.tf32, ACC=acc, **tiles)
+                gy, weight, grad_x, channels, height, width,
+                out_channels, out_h, out_w, height * width, *gy.stride(),
+                *weight.stride()[:3], weight.stride(-1),
+                *_pixel_strides(grad_x), *g.kernel_args(),
+                KW=kw, TAPS=taps, FLAT=flat, TF32=ctx.tf32, ACC=acc,
+                **tiles)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(kernels, grad_y, x, weight.shape, g,
                                   ctx.tf32, acc)
@@ -289,6 +323,11 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
     batch, out_channels, channels, kh, kw = shape
     height, width = x.shape[-2:]
     out_h, out_w = grad_y.shape[-2:]
+    if not _rows_dense(grad_y):
+        grad_y = grad_y.contiguous()
+    flat = _reads_own_pixel((kh, kw), g) and _rows_dense(x)
+    if not flat:
+        x = _gather_layout(x)
     tiles = _tiles(x.dtype, out_channels, channels)
     blocks = cdiv(out_h * out_w, tiles['BK'])
     programs = (cdiv(out_channels, tiles['BM']) *
@@ -302,7 +341,7 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
             kh * kw, batch * parts)
     kernels.conv_bwd_weights[grid](
         grad_y, x, sums, channels, height, width, out_channels, out_h, out_w,
-        *grad_y.stride(), *x.stride(), sums.stride(2), sums.stride(3),
-        sums.stride(-1), *g.kernel_args(), batch, per_part,
-        KW=kw, TAPS=kh * kw, TF32=tf32, ACC=acc, **tiles)
+        out_h * out_w, *_pixel_strides(grad_y), *x.stride(), sums.stride(2),
+        sums.stride(3), sums.stride(-1), *g.kernel_args(), batch, per_part,
+        KW=kw, TAPS=kh * kw, FLAT=flat, TF32=tf32, ACC=acc, **tiles)
     return (sums[0] if parts == 1 else sums.sum(dim=0)).to(x.dtype)

@@ -11,6 +11,13 @@ unfolded copy). Shapes, for sample ``b``: input ``x`` (C, H, W), weights
 channels-last inputs are read in place. Products accumulate in float32 (or
 float64 for float64 inputs, in the interpreter); float32 operands go
 through TF32 where ``TF32`` is set.
+
+A map whose rows are W pixels apart (as NCHW and channels-last tensors
+are) is addressed by its flat pixel index, ``p * stride_p``, instead of
+``(p // W) * stride_h + (p % W) * stride_w``: that is what lets the
+compiler see that a tile's pixels are adjacent in an NCHW tensor and load
+or store them as vectors. A gathered tap (``FLAT`` unset) reads scattered
+pixels, which are vectors only along channels-last channels.
 """
 import triton
 import triton.language as tl
@@ -25,10 +32,11 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
-             CO, OH, OW, L, stride_xb, stride_xc, stride_xh, stride_xw,
+             CO, OH, OW, NP, L, stride_xb, stride_xc, stride_xh, stride_xw,
              stride_wb, stride_wo, stride_wc, stride_wt, stride_yb,
-             stride_yc, stride_yh, stride_yw, SH, SW, PH, PW, DH, DW,
-             KW: tl.constexpr, TAPS: tl.constexpr, HAS_CHAN: tl.constexpr,
+             stride_yc, stride_yp, SH, SW, PH, PW, DH, DW,
+             KW: tl.constexpr, TAPS: tl.constexpr, FLAT: tl.constexpr,
+             HAS_CHAN: tl.constexpr,
              HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
              HAS_BIAS: tl.constexpr,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
@@ -53,11 +61,15 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
       ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
       up to a power of two, at least 16.
 
-    Grid (cdiv(OH * OW, BM), cdiv(CO, BN), B)."""
+    ``NP = OH * OW``; ``FLAT``: output pixel ``p`` reads input pixel ``p``
+    (a 1x1 filter, stride 1, no padding, the input's rows ``W *
+    stride_xw`` apart); ``y``'s rows are ``OW * stride_yp`` apart.
+
+    Grid (cdiv(NP, BM), cdiv(CO, BN), B)."""
     b = tl.program_id(2).to(tl.int64)
     p = tl.program_id(0) * BM + tl.arange(0, BM)
     o = tl.program_id(1) * BN + tl.arange(0, BN)
-    p_in = p < OH * OW
+    p_in = p < NP
     o_in = o < CO
     oh = p // OW
     ow = p % OW
@@ -72,12 +84,16 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
     for step in range(0, tl.cdiv(C, BK) * TAPS):
         c = (step // TAPS) * BK + tl.arange(0, BK)
         t = step % TAPS
-        ih = oh * SH - PH + (t // KW) * DH
-        iw = ow * SW - PW + (t % KW) * DW
-        inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        if FLAT:
+            pixels = p * stride_xw
+            inside = p_in
+        else:
+            ih = oh * SH - PH + (t // KW) * DH
+            iw = ow * SW - PW + (t % KW) * DW
+            inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pixels = ih * stride_xh + iw * stride_xw
         c_in = c < C
-        a = tl.load(xb + ih[:, None] * stride_xh + iw[:, None] * stride_xw +
-                    c[None, :] * stride_xc,
+        a = tl.load(xb + pixels[:, None] + c[None, :] * stride_xc,
                     mask=inside[:, None] & c_in[None, :],
                     other=0)
         if LOW_RANK:
@@ -117,26 +133,29 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
                     TF32, ACC)
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
-    tl.store(y + b * stride_yb + (oh * stride_yh + ow * stride_yw)[:, None] +
+    tl.store(y + b * stride_yb + p[:, None] * stride_yp +
              o[None, :] * stride_yc,
              acc.to(y.dtype.element_ty),
              mask=p_in[:, None] & o_in[None, :])
 
 
 @triton.jit
-def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
+def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, NQ, stride_gb, stride_gc,
                    stride_gh, stride_gw, stride_wb, stride_wo, stride_wc,
-                   stride_wt, stride_xb, stride_xc, stride_xh, stride_xw, SH,
-                   SW, PH, PW, DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
-                   TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                   BK: tl.constexpr, ACC: tl.constexpr):
+                   stride_wt, stride_xb, stride_xc, stride_xp, SH, SW, PH, PW,
+                   DH, DW, KW: tl.constexpr, TAPS: tl.constexpr,
+                   FLAT: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """``gx[c, q] = sum_{o, t} w[o, c, t] gy[o, p]`` over the output pixels
     ``p`` whose tap ``t`` reads input pixel ``q``, for a (BM input pixels,
-    BN input channels) tile. Grid (cdiv(H * W, BM), cdiv(C, BN), B)."""
+    BN input channels) tile. ``NQ = H * W``; ``FLAT``: ``p = q`` (a 1x1
+    filter, stride 1, no padding, ``gy``'s rows ``OW * stride_gw``
+    apart); ``gx``'s rows are ``W * stride_xp`` apart. Grid (cdiv(NQ, BM),
+    cdiv(C, BN), B)."""
     b = tl.program_id(2).to(tl.int64)
     q = tl.program_id(0) * BM + tl.arange(0, BM)
     c = tl.program_id(1) * BN + tl.arange(0, BN)
-    q_in = q < H * W
+    q_in = q < NQ
     c_in = c < C
     ih = q // W
     iw = q % W
@@ -146,16 +165,20 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
     for step in range(0, tl.cdiv(CO, BK) * TAPS):
         o = (step // TAPS) * BK + tl.arange(0, BK)
         t = step % TAPS
-        # the output pixel whose tap t reads (ih, iw), where there is one
-        rows = ih + PH - (t // KW) * DH
-        cols = iw + PW - (t % KW) * DW
-        oh = rows // SH
-        ow = cols // SW
-        hit = q_in & (rows >= 0) & (cols >= 0) & (rows % SH == 0) & \
-            (cols % SW == 0) & (oh < OH) & (ow < OW)
+        if FLAT:
+            pixels = q * stride_gw
+            hit = q_in
+        else:
+            # the output pixel whose tap t reads (ih, iw), where there is one
+            rows = ih + PH - (t // KW) * DH
+            cols = iw + PW - (t % KW) * DW
+            oh = rows // SH
+            ow = cols // SW
+            hit = q_in & (rows >= 0) & (cols >= 0) & (rows % SH == 0) & \
+                (cols % SW == 0) & (oh < OH) & (ow < OW)
+            pixels = oh * stride_gh + ow * stride_gw
         o_in = o < CO
-        a = tl.load(gyb + oh[:, None] * stride_gh + ow[:, None] * stride_gw +
-                    o[None, :] * stride_gc,
+        a = tl.load(gyb + pixels[:, None] + o[None, :] * stride_gc,
                     mask=hit[:, None] & o_in[None, :],
                     other=0)
         k = tl.load(wb + o[:, None] * stride_wo + c[None, :] * stride_wc +
@@ -163,27 +186,29 @@ def conv_bwd_input(gy, w, gx, C, H, W, CO, OH, OW, stride_gb, stride_gc,
                     mask=o_in[:, None] & c_in[None, :],
                     other=0)
         acc += _dot(a, k, TF32, ACC)
-    tl.store(gx + b * stride_xb + (ih * stride_xh + iw * stride_xw)[:, None] +
+    tl.store(gx + b * stride_xb + q[:, None] * stride_xp +
              c[None, :] * stride_xc,
              acc.to(gx.dtype.element_ty),
              mask=q_in[:, None] & c_in[None, :])
 
 
 @triton.jit
-def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
-                     stride_gh, stride_gw, stride_xb, stride_xc, stride_xh,
+def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, NP, stride_gb,
+                     stride_gc, stride_gp, stride_xb, stride_xc, stride_xh,
                      stride_xw, stride_po, stride_pc, stride_pt, SH, SW, PH,
                      PW, DH, DW, B, BLOCKS_PER_PART,
-                     KW: tl.constexpr, TAPS: tl.constexpr, TF32: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                     ACC: tl.constexpr):
+                     KW: tl.constexpr, TAPS: tl.constexpr, FLAT: tl.constexpr,
+                     TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, ACC: tl.constexpr):
     """One part of ``gw[o, c, t] = sum_p gy[o, p] x[c, p shifted by tap
     t]``: the sum over output pixels ``[part * BLOCKS_PER_PART * BK, (part +
     1) * BLOCKS_PER_PART * BK)``, for a (BM output channels, BN input
     channels) tile of one tap, written to ``parts[part, b]`` (B, CO, C,
     TAPS), each sample's block contiguous and addressed within by the
     strides ``stride_po``, ``stride_pc``, ``stride_pt``; the caller adds the
-    parts in order. Grid (cdiv(CO, BM) * cdiv(C, BN), TAPS,
+    parts in order. ``NP = OH * OW``, ``gy``'s rows are ``OW * stride_gp``
+    apart; ``FLAT``: output pixel ``p`` reads input pixel ``p`` (as in
+    :func:`conv_fwd`). Grid (cdiv(CO, BM) * cdiv(C, BN), TAPS,
     B * parts)."""
     tiles_c = tl.cdiv(C, BN)
     o = (tl.program_id(0) // tiles_c) * BM + tl.arange(0, BM)
@@ -201,18 +226,21 @@ def conv_bwd_weights(gy, x, parts, C, H, W, CO, OH, OW, stride_gb, stride_gc,
     first = part * BLOCKS_PER_PART * BK
     for p0 in range(first, first + BLOCKS_PER_PART * BK, BK):
         p = p0 + tl.arange(0, BK)
-        p_in = p < OH * OW
-        oh = p // OW
-        ow = p % OW
-        ih = oh * SH + dh
-        iw = ow * SW + dw
-        inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        g = tl.load(gyb + o[:, None] * stride_gc +
-                    (oh * stride_gh + ow * stride_gw)[None, :],
+        p_in = p < NP
+        if FLAT:
+            pixels = p * stride_xw
+            inside = p_in
+        else:
+            oh = p // OW
+            ow = p % OW
+            ih = oh * SH + dh
+            iw = ow * SW + dw
+            inside = p_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pixels = ih * stride_xh + iw * stride_xw
+        g = tl.load(gyb + o[:, None] * stride_gc + p[None, :] * stride_gp,
                     mask=o_in[:, None] & p_in[None, :],
                     other=0)
-        a = tl.load(xb + (ih * stride_xh + iw * stride_xw)[:, None] +
-                    c[None, :] * stride_xc,
+        a = tl.load(xb + pixels[:, None] + c[None, :] * stride_xc,
                     mask=inside[:, None] & c_in[None, :],
                     other=0)
         acc += _dot(g, a, TF32, ACC)

@@ -117,6 +117,49 @@ def test_keeps_a_channels_last_input_in_its_layout():
     assert relative_error(got, expected) < 1e-8
 
 
+def _in_layout(t, layout):
+    """``t`` (B, C, H, W) with the same values in memory laid out as
+    ``layout`` says."""
+    if layout == 'channels-last':
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == 'rows-apart':  # a slice of wider maps: rows W + 3 apart
+        wide = torch.zeros(*t.shape[:-1], t.shape[-1] + 3, dtype=t.dtype)
+        wide[..., :t.shape[-1]] = t
+        return wide[..., :t.shape[-1]]
+    if layout == 'broadcast':  # one value per map, as a sum's gradient
+        return t[..., :1, :1].expand(t.shape)
+    return t.contiguous()
+
+
+@pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2'])
+@pytest.mark.parametrize('x_layout', ['nchw', 'channels-last', 'rows-apart'])
+@pytest.mark.parametrize('grad_layout', ['nchw', 'channels-last',
+                                         'rows-apart', 'broadcast'])
+def test_any_layout_of_input_and_output_gradient(geometry, x_layout,
+                                                 grad_layout):
+    """The kernels address a map's pixels by one flat index where its rows
+    are dense and a 1x1 filter reads each pixel in place, and otherwise
+    gather the taps from a channels-last copy: every layout of the input
+    and of the output gradient gives the reference's output and
+    gradients."""
+    _needs_triton()
+    (x, weight, bias), g = _case(geometry)
+    x = _in_layout(x, x_layout)
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+    refs = [t.detach().clone().requires_grad_(True) for t in leaves]
+    with fused_ops('always'):
+        out = fused_conv.per_sample_conv(*leaves, g)
+    expected = per_sample_conv_reference(*refs, g)
+    grad_out = _in_layout(torch.randn_like(expected), grad_layout)
+    got = [out] + list(torch.autograd.grad(out, leaves, grad_out))
+    expected = [expected] + list(torch.autograd.grad(expected, refs,
+                                                     grad_out))
+    assert relative_error(got, expected) < 1e-8
+    assert got[1].stride() == x.contiguous(
+        memory_format=torch.channels_last if x_layout == 'channels-last'
+        else torch.contiguous_format).stride()
+
+
 @pytest.mark.parametrize('kernel', [1, 3])
 @pytest.mark.parametrize('layout', ['contiguous', 'channels-last'])
 def test_weights_are_copied_to_the_tile_layout_only_where_they_differ(
