@@ -5,8 +5,10 @@ implicit-GEMM kernels (:mod:`mmdyn.ops.per_sample_conv_kernels`): output,
 input gradient, weight gradient.
 
 Each kernel multiplies one sample's pixels by that sample's own weights,
-reading the input in its own layout (NCHW or channels-last) and gathering
-each tap by index. cuDNN's grouped conv runs one group per sample, and with
+gathering each tap by index: a 1x1 layer reads its operands in their own
+layout (NCHW or channels-last), a layer with more taps (or a stride, or
+padding) from channels-last copies, where the gathered pixels' channels are
+adjacent. cuDNN's grouped conv runs one group per sample, and with
 hundreds of samples (the papers' ImageNet protocol, batch 200) it is several
 times slower than the dense conv of the same work; at a detector's few
 images per GPU it is faster than these kernels (``docs/speed.md``).
