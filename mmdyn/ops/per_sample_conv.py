@@ -183,9 +183,7 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     out_channels, _, kh, kw = weights.shape[-4:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
     y = _like(x, (batch, out_channels, out_h, out_w))
-    flat = _reads_own_pixel((kh, kw), geometry) and _rows_dense(x)
-    if not flat:
-        x = _gather_layout(x)
+    x, flat = _as_kernels_read(x, (kh, kw), geometry)
     tiles = _tiles(x.dtype, out_h * out_w, out_channels)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
@@ -249,12 +247,18 @@ def _rows_dense(t: Tensor) -> bool:
     return t.shape[-2] == 1 or t.stride(-2) == t.shape[-1] * t.stride(-1)
 
 
-def _gather_layout(t: Tensor) -> Tensor:
-    """``t`` (B, C, H, W) channels-last, as the kernels gather a filter's
-    taps: pixels scattered by a tap are read as vectors only along the
-    channels, which are adjacent in this layout (a copy where ``t`` is
-    not)."""
-    return t.contiguous(memory_format=torch.channels_last)
+def _as_kernels_read(t: Tensor, kernel_size,
+                     geometry: Geometry) -> Tuple[Tensor, bool]:
+    """``t`` (B, C, H, W), the input of a conv or its output's gradient, as
+    the kernels read it, and whether they address its pixels by one flat
+    index (their ``FLAT``): in place where each output pixel reads the
+    input pixel at its own place (:func:`_reads_own_pixel`) and ``t``'s
+    rows are dense; otherwise channels-last (a copy where ``t`` is not),
+    since pixels scattered by a tap are read as vectors only along the
+    channels, which are adjacent in that layout."""
+    if _reads_own_pixel(kernel_size, geometry) and _rows_dense(t):
+        return t, True
+    return t.contiguous(memory_format=torch.channels_last), False
 
 
 def _pixel_strides(t: Tensor) -> Tuple[int, int, int]:
@@ -296,8 +300,7 @@ class PerSampleConv(torch.autograd.Function):
         acc = accumulator(x.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            flat = _reads_own_pixel((kh, kw), g) and _rows_dense(grad_y)
-            gy = grad_y if flat else _gather_layout(grad_y)
+            gy, flat = _as_kernels_read(grad_y, (kh, kw), g)
             grad_x = _like(x, x.shape)
             tiles = _tiles(x.dtype, height * width, channels)
             grid = (cdiv(height * width, tiles['BM']),
@@ -327,9 +330,7 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
     out_h, out_w = grad_y.shape[-2:]
     if not _rows_dense(grad_y):
         grad_y = grad_y.contiguous()
-    flat = _reads_own_pixel((kh, kw), g) and _rows_dense(x)
-    if not flat:
-        x = _gather_layout(x)
+    x, flat = _as_kernels_read(x, (kh, kw), g)
     tiles = _tiles(x.dtype, out_channels, channels)
     blocks = cdiv(out_h * out_w, tiles['BK'])
     programs = (cdiv(out_channels, tiles['BM']) *
