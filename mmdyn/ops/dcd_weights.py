@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import (folding_pays, may_fuse, outside_autocast,
-                       pixel_sums)
-from .triton_utils import accumulator, cdiv, next_pow2
+from .dispatch import (conv_dtype, folding_pays, may_fuse,
+                       outside_autocast, pixel_sums)
+from .triton_utils import accumulator, cdiv, next_pow2, weight_strides
 
 #: Widest dynamic branch and largest latent space the kernels take.
 MAX_SQUEEZE_CHANNELS = 512
@@ -36,13 +36,16 @@ MAX_LATENT_DIM = 128
 
 
 class FoldShape(NamedTuple):
-    """What the kernels need to know of a layer besides its tensors, and
-    whether the call saves what the backward needs."""
+    """What the kernels need to know of a layer besides its tensors,
+    whether the call saves what the backward needs, and the dtype of the
+    weights (None: that of ``W0``; under autocast that of the conv they are
+    for, so that autocast need not cast them)."""
     kernel_size: Tuple[int, int]
     temperature: float
     eps1: float
     eps2: float
     save: bool
+    dtype: Optional[torch.dtype] = None
 
     @property
     def centre(self) -> int:
@@ -131,7 +134,8 @@ class FusedDCDWeights(torch.autograd.Function):
         bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
         kh, kw = shape.kernel_size
         taps = kh * kw
-        weight = new(batch, out_channels, in_channels, kh, kw)
+        weight = w0.new_empty(batch, out_channels, in_channels, kh, kw,
+                              dtype=shape.dtype)
         folded_bias = new(batch, out_channels)
         mixing = new(batch, out_channels, latent) if save else scale
         mixing_a1 = new(batch, latent, out_channels) if save else scale
@@ -170,7 +174,7 @@ class FusedDCDWeights(torch.autograd.Function):
         taps = w0[0, 0].numel()
         acc = accumulator(pooled.dtype)
         new = pooled.new_empty
-        grad_weight = grad_weight.contiguous()
+        grad_weight, grad_strides = weight_strides(grad_weight)
         grad_bias = grad_bias.contiguous()
         bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
         bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
@@ -186,8 +190,8 @@ class FusedDCDWeights(torch.autograd.Function):
         gpu.fold_bwd[(row_tiles, col_tiles)](
             grad_weight, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
             part_q, batch, out_channels, in_channels, taps, latent,
-            shape.centre, BO=rows, BC=cols, BT=tap_tile, BL=latent_tile,
-            ACC=acc)
+            shape.centre, *grad_strides, BO=rows, BC=cols, BT=tap_tile,
+            BL=latent_tile, ACC=acc)
 
         mix_rows = 16
         mix_tiles = cdiv(out_channels, mix_rows)
@@ -283,6 +287,6 @@ def dcd_weights(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
     save = torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad for t in tensors)
     shape = FoldShape(layer.kernel_size, float(layer.temperature),
-                      float(bn1.eps), float(bn2.eps), save)
+                      float(bn1.eps), float(bn2.eps), save, conv_dtype(x))
     with outside_autocast(x):
         return FusedDCDWeights.apply(shape, *tensors)

@@ -170,17 +170,43 @@ def compute_dtype(x: Tensor) -> Optional[torch.dtype]:
 def pixel_sums(x: Tensor) -> Tensor:
     """The sums over H and W of ``x`` (B, C, H, W) as (B, C), in the
     dtype a fused op computes in (:func:`compute_dtype`)."""
-    return x.sum(dim=(2, 3), dtype=compute_dtype(x))
+    return _PixelSums.apply(x, compute_dtype(x))
+
+
+class _PixelSums(torch.autograd.Function):
+    """``x.sum(dim=(2, 3), dtype=dtype)``, whose input gradient is the sums'
+    gradient in ``x``'s dtype, broadcast over the pixels without being
+    written out: where the sums are float32 and ``x`` is half precision
+    (autocast), autograd would otherwise write a float32 gradient the size
+    of ``x`` and then cast it, two passes over a feature map before the
+    gradient is added to that of the conv that reads ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.sum(dim=(2, 3), dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.to(ctx.dtype)[:, :, None, None].expand(ctx.shape), None
+
+
+def conv_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast casts a conv's operands to for input ``x``, or
+    None where autocast is off on ``x``'s device."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def as_conv_operands(x: Tensor, *tensors: Optional[Tensor]) -> tuple:
     """``x`` and ``tensors`` (None stays None) cast to autocast's dtype on
     ``x``'s device, as autocast casts a conv's operands; as they are where
     autocast is off."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    dtype = conv_dtype(x)
+    if dtype is None:
         return (x, *tensors)
-    dtype = torch.get_autocast_dtype(device)
     return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
 
 

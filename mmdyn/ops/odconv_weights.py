@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import (folding_pays, may_fuse, outside_autocast,
-                       pixel_sums)
-from .triton_utils import accumulator, cdiv, next_pow2
+from .dispatch import (conv_dtype, folding_pays, may_fuse,
+                       outside_autocast, pixel_sums)
+from .triton_utils import accumulator, cdiv, next_pow2, weight_strides
 
 #: Widest attention branch the backward kernel takes in one tile.
 MAX_ATTENTION_CHANNELS = 512
@@ -62,14 +62,17 @@ def _fold_tiles(layout: FoldLayout):
 class FusedODConvWeights(torch.autograd.Function):
     """Pixel sums (B, C) -> per-sample weights (B, O, C / groups, kh, kw).
 
-    Inputs after the layout: the pixel sums and the pixel count they sum;
+    Inputs after the layout: the dtype of the weights (None: that of the
+    bank; under autocast that of the conv they are for, so that autocast
+    need not cast them); the pixel sums and the pixel count they sum;
     the temperature; the attention's ``fc`` weight and BatchNorm (weight,
     bias, running mean and variance, eps); weight and bias of the channel,
     filter, spatial and kernel heads (None where absent); the weight bank.
     """
 
     @staticmethod
-    def forward(ctx, layout: FoldLayout, pooled: Tensor, pixels: int,
+    def forward(ctx, layout: FoldLayout, dtype: Optional[torch.dtype],
+                pooled: Tensor, pixels: int,
                 temperature: float, fc_w: Tensor, bn_w: Optional[Tensor],
                 bn_b: Optional[Tensor], mean: Tensor, var: Tensor,
                 eps: float, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k,
@@ -97,7 +100,7 @@ class FusedODConvWeights(torch.autograd.Function):
             h, *heads, gates, width, layout.channel, layout.filter,
             layout.spatial, num_gates, temperature, NK=layout.weights,
             BJ=_HEAD_ROWS, BA=head_cols, ACC=acc)
-        out = bank.new_empty(batch, *bank.shape[1:])
+        out = bank.new_empty(batch, *bank.shape[1:], dtype=dtype)
         rows, cols, taps = _fold_tiles(layout)
         gpu.fold_fwd[(cdiv(layout.out_channels, rows),
                       cdiv(layout.in_per_group, cols))](
@@ -126,7 +129,7 @@ class FusedODConvWeights(torch.autograd.Function):
         num_gates = gates.shape[1]
         acc = accumulator(pooled.dtype)
         dummy = bank
-        grad_out = grad_out.contiguous()
+        grad_out, grad_strides = weight_strides(grad_out)
 
         rows, cols, taps = _fold_tiles(layout)
         row_tiles = cdiv(layout.out_channels, rows)
@@ -144,7 +147,7 @@ class FusedODConvWeights(torch.autograd.Function):
             gates, bank, grad_out, grad_bank, part_f, part_c, part_s, part_w,
             batch, layout.out_channels, layout.in_per_group, layout.taps,
             num_gates, layout.channel, layout.filter, layout.spatial,
-            NK=layout.weights, DEPTHWISE=layout.depthwise,
+            *grad_strides, NK=layout.weights, DEPTHWISE=layout.depthwise,
             HAS_FILTER=layout.filter > 0, HAS_SPATIAL=layout.spatial > 0,
             BO=rows, BC=cols, BT=taps, ACC=acc)
 
@@ -183,7 +186,7 @@ class FusedODConvWeights(torch.autograd.Function):
         for w, w_grad, b_grad in zip(heads, head_grads, bias_grads):
             head_out += [None, None] if w is None else [w_grad, b_grad]
         affine = ctx.affine
-        return (None, grad_pooled, None, None, grad_fc_w,
+        return (None, None, grad_pooled, None, None, grad_fc_w,
                 grad_bn_w if affine else None, grad_bn_b if affine else None,
                 None, None, None, *head_out, grad_bank)
 
@@ -240,9 +243,10 @@ def odconv_weights(layer, x: Tensor) -> Tensor:
         heads += [None, None] if head is None else [head.weight.contiguous(),
                                                     head.bias]
     pooled = pixel_sums(x)  # in float32 under autocast: outside the block
+    dtype = conv_dtype(x)
     with outside_autocast(x):
         return FusedODConvWeights.apply(
-            _layout(layer), pooled, x.shape[2] * x.shape[3],
+            _layout(layer), dtype, pooled, x.shape[2] * x.shape[3],
             float(layer.temperature), att.fc.weight.contiguous(), bn.weight,
             bn.bias, bn.running_mean, bn.running_var, bn.eps, *heads,
             layer.weight.contiguous())

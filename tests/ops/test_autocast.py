@@ -108,6 +108,10 @@ def test_tolerance_catches_a_dropped_or_doubled_attention(
     assert relative_error(got, mutant) > 5 * TOLERANCE[dtype]
 
 
+def _first_tensor(args):
+    return next(a for a in args if isinstance(a, torch.Tensor))
+
+
 @pytest.mark.parametrize('layer_name', ['odconv-4x-fused', 'dcd-fused'])
 def test_pixel_sums_are_float32(layer_name, monkeypatch):
     """A float16 sum over a feature map's pixels overflows: the op is given
@@ -117,8 +121,8 @@ def test_pixel_sums_are_float32(layer_name, monkeypatch):
     function = FUNCTIONS[layer_name.split('-')[0]]
     apply, seen = function.apply, []
     monkeypatch.setattr(function, 'apply',
-                        lambda *args: seen.append(args[1].dtype) or
-                        apply(*args))
+                        lambda *args: seen.append(_first_tensor(args).dtype)
+                        or apply(*args))
     with fused_ops('always'), torch.no_grad(), \
             torch.autocast('cpu', dtype=torch.bfloat16):
         layer(x.bfloat16())
@@ -137,3 +141,33 @@ def test_half_precision_parameters_under_autocast_are_not_fused(
         assert not odconv_weights.applies(layer, x.bfloat16())
         layer(x.bfloat16())
     assert spy.calls == 0
+
+
+@pytest.mark.parametrize(
+    'device,dtype',
+    AUTOCASTS + [pytest.param('cpu', torch.float16, id='cpu-float16')])
+@pytest.mark.parametrize('layer_name,geometry',
+                         [('odconv-4x-fused', '3x3'),
+                          ('odconv-1x-fused', '1x1-stride2'),
+                          ('dcd-fused', '3x3')])
+def test_weights_are_written_in_the_convs_dtype(layer_name, geometry, device,
+                                                dtype):
+    """Under autocast the fold writes the per-sample weights in the dtype
+    autocast casts the conv's operands to (no cast of a weight-sized tensor
+    each way), rounded to nearest from the float32 weights it computes
+    (Triton's CPU interpreter truncates to bfloat16: within one unit in the
+    last place there)."""
+    layer, _, x = _case(layer_name, geometry, device)
+    fold = {'odconv': lambda: odconv_weights.odconv_weights(layer, x),
+            'dcd': lambda: dcd_weights.dcd_weights(layer, x)[0]}[
+                layer_name.split('-')[0]]
+    with fused_ops('always'), torch.no_grad():
+        exact = fold()
+        with torch.autocast(device, dtype=dtype):
+            weights = fold()
+    assert exact.dtype == torch.float32 and weights.dtype == dtype
+    if device == 'cpu' and dtype == torch.bfloat16:
+        ulp = torch.finfo(dtype).eps * exact.abs()
+        assert ((weights.float() - exact).abs() <= ulp).all()
+    else:
+        assert torch.equal(weights, exact.to(dtype))
