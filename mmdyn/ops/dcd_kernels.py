@@ -9,13 +9,14 @@ transposed; P (CO, L), Q (L, CI); the static weight ``W0`` (CO, CI, KK) and the
 per-sample weights (B, CO, CI, KK). The BatchNorms ``bn1`` and ``bn2`` are
 affine maps ``a * v + c`` of their running statistics, computed here from
 their parameters. Accumulation is in ``ACC`` (float32, or float64 for
-float64 inputs).
+float64 inputs); the per-sample weights are stored in their tensor's dtype
+(under autocast the conv's float16 or bfloat16).
 """
 import triton
 import triton.language as tl
 
 from .triton_blocks import (fold_tile, matmul, rows_times_vector,
-                            strided_tile, sum_of_parts, sum_of_parts_2d)
+                            sum_of_parts, sum_of_parts_2d)
 
 
 @triton.jit
@@ -212,13 +213,10 @@ def fold_fwd(phi, scale, p, q, w0, mean1, var1, w1, b1, eps1, mean2, var2, w2,
 
 @triton.jit
 def fold_bwd(grad_w, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
-             part_q, B, CO, CI, KK, L, CENTRE, stride_gb, stride_go,
-             stride_gc, stride_gt, BO: tl.constexpr,
+             part_q, B, CO, CI, KK, L, CENTRE, BO: tl.constexpr,
              BC: tl.constexpr, BT: tl.constexpr, BL: tl.constexpr,
              ACC: tl.constexpr):
-    """From the weights' gradient ``grad_w`` (B, CO, CI, KK; strides
-    ``stride_g*``, e.g. channels-last, and any float dtype), per (BO, BC,
-    BT) tile: ``grad W0`` (the
+    """From the weights' gradient, per (BO, BC, BT) tile: ``grad W0`` (the
     sum over samples of ``Lambda * grad``); the tile's share of ``grad
     Lambda`` (``part_lam`` (B, CT, CO)), of ``R Q^T`` (``part_m`` (B, CT,
     L, CO)) and of ``grad Q = diag(a1) M^T R`` (``part_q`` (B, RT, L,
@@ -232,11 +230,9 @@ def fold_bwd(grad_w, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
     o_in = o < CO
     c_in = c < CI
     l_in = lat < L
-    grad_offsets = strided_tile(o, c, tl.arange(0, BT), stride_go, stride_gc,
-                                stride_gt)
     acc_w0 = tl.zeros([BO, BC, BT], ACC)
     for b in range(B):
-        grad = tl.load(grad_w + b * stride_gb + grad_offsets, mask=mask,
+        grad = tl.load(grad_w + b * CO * CI * KK + offsets, mask=mask,
                        other=0).to(ACC)
         lam = tl.load(scale + b * CO + o, mask=o_in, other=0).to(ACC)
         acc_w0 += lam[:, None, None] * grad

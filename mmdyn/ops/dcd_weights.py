@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from .._compat import BatchNormBase
 from .dispatch import (conv_dtype, folding_pays, may_fuse,
                        outside_autocast, pixel_sums)
-from .triton_utils import accumulator, cdiv, next_pow2, weight_strides
+from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest dynamic branch and largest latent space the kernels take.
 MAX_SQUEEZE_CHANNELS = 512
@@ -174,7 +174,7 @@ class FusedDCDWeights(torch.autograd.Function):
         taps = w0[0, 0].numel()
         acc = accumulator(pooled.dtype)
         new = pooled.new_empty
-        grad_weight, grad_strides = weight_strides(grad_weight)
+        grad_weight = grad_weight.contiguous()
         grad_bias = grad_bias.contiguous()
         bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
         bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
@@ -190,8 +190,8 @@ class FusedDCDWeights(torch.autograd.Function):
         gpu.fold_bwd[(row_tiles, col_tiles)](
             grad_weight, scale, mixing_a1, q, w0, grad_w0, part_lam, part_m,
             part_q, batch, out_channels, in_channels, taps, latent,
-            shape.centre, *grad_strides, BO=rows, BC=cols, BT=tap_tile,
-            BL=latent_tile, ACC=acc)
+            shape.centre, BO=rows, BC=cols, BT=tap_tile, BL=latent_tile,
+            ACC=acc)
 
         mix_rows = 16
         mix_tiles = cdiv(out_channels, mix_rows)

@@ -170,25 +170,7 @@ def compute_dtype(x: Tensor) -> Optional[torch.dtype]:
 def pixel_sums(x: Tensor) -> Tensor:
     """The sums over H and W of ``x`` (B, C, H, W) as (B, C), in the
     dtype a fused op computes in (:func:`compute_dtype`)."""
-    return _PixelSums.apply(x, compute_dtype(x))
-
-
-class _PixelSums(torch.autograd.Function):
-    """``x.sum(dim=(2, 3), dtype=dtype)``, whose input gradient is the sums'
-    gradient in ``x``'s dtype, broadcast over the pixels without being
-    written out: where the sums are float32 and ``x`` is half precision
-    (autocast), autograd would otherwise write a float32 gradient the size
-    of ``x`` and then cast it, two passes over a feature map before the
-    gradient is added to that of the conv that reads ``x``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:
-        ctx.shape, ctx.dtype = x.shape, x.dtype
-        return x.sum(dim=(2, 3), dtype=dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad.to(ctx.dtype)[:, :, None, None].expand(ctx.shape), None
+    return x.sum(dim=(2, 3), dtype=compute_dtype(x))
 
 
 def conv_dtype(x: Tensor) -> Optional[torch.dtype]:

@@ -9,13 +9,13 @@ spatial NS, kernel NK columns; absent ones have 0 columns); the weight bank
 the input channels per group and KK the taps of a filter. ``DEPTHWISE``
 layers (CI == 1, one output per input channel) have no filter attention and
 scale weight row o by channel attention o. Accumulation is in ``ACC`` (float32,
-or float64 for float64 inputs).
+or float64 for float64 inputs); the per-sample weights are stored in their
+tensor's dtype (under autocast the conv's float16 or bfloat16).
 """
 import triton
 import triton.language as tl
 
-from .triton_blocks import (fold_tile, rows_times_vector, strided_tile,
-                            sum_of_parts)
+from .triton_blocks import fold_tile, rows_times_vector, sum_of_parts
 
 
 @triton.jit
@@ -200,13 +200,11 @@ def fold_fwd(gates, bank, out, B, CO, CI, KK, J, NC, NF, NS,
 
 @triton.jit
 def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
-             B, CO, CI, KK, J, NC, NF, NS, stride_gb, stride_go, stride_gc,
-             stride_gt, NK: tl.constexpr,
+             B, CO, CI, KK, J, NC, NF, NS, NK: tl.constexpr,
              DEPTHWISE: tl.constexpr, HAS_FILTER: tl.constexpr,
              HAS_SPATIAL: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr,
              BT: tl.constexpr, ACC: tl.constexpr):
-    """Backward of :func:`fold_fwd` for ``grad`` (B, CO, CI, KK; strides
-    ``stride_g*``, e.g. channels-last, and any float dtype): the bank's
+    """Backward of :func:`fold_fwd` for ``grad`` (B, CO, CI, KK): the bank's
     gradient, and per tile the partial sums of the attentions' gradients,
     reduced by :func:`heads_bwd`:
 
@@ -224,7 +222,6 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
     tile = po * n_col_tiles + pc
     n_tiles = n_row_tiles * n_col_tiles
     o, c, t, offsets, mask = fold_tile(po, pc, CO, CI, KK, BO, BC, BT)
-    grad_offsets = strided_tile(o, c, t, stride_go, stride_gc, stride_gt)
     bank_stride = CO * CI * KK
     num_sigmoid = NC + NF + NS
     single = _single_weight(bank, offsets, mask, NK, BO, BC, BT, ACC)
@@ -234,7 +231,7 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
         mixed, a_c, a_f, a_s = _sample_factors(
             gates, b, J, bank, single, o, c, t, offsets, mask, CO, CI, KK, NC,
             NF, NS, NK, DEPTHWISE, HAS_FILTER, HAS_SPATIAL, BO, BC, BT, ACC)
-        dy = tl.load(grad + b * stride_gb + grad_offsets, mask=mask,
+        dy = tl.load(grad + b * bank_stride + offsets, mask=mask,
                      other=0).to(ACC)
         dy_mixed = dy * mixed
         if DEPTHWISE:
@@ -270,7 +267,7 @@ def fold_bwd(gates, bank, grad, grad_bank, part_f, part_c, part_s, part_w,
                                         DEPTHWISE, HAS_FILTER, HAS_SPATIAL,
                                         ACC)
                 a_w = tl.load(g + num_sigmoid + n).to(ACC)
-                dy = tl.load(grad + b * stride_gb + grad_offsets, mask=mask,
+                dy = tl.load(grad + b * bank_stride + offsets, mask=mask,
                              other=0).to(ACC)
                 acc += dy * (a_w * a_f * a_c * a_s)
             tl.store(grad_bank + n * bank_stride + offsets, acc, mask=mask)

@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 from .._compat import BatchNormBase
 from .dispatch import (conv_dtype, folding_pays, may_fuse,
                        outside_autocast, pixel_sums)
-from .triton_utils import accumulator, cdiv, next_pow2, weight_strides
+from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest attention branch the backward kernel takes in one tile.
 MAX_ATTENTION_CHANNELS = 512
@@ -129,7 +129,7 @@ class FusedODConvWeights(torch.autograd.Function):
         num_gates = gates.shape[1]
         acc = accumulator(pooled.dtype)
         dummy = bank
-        grad_out, grad_strides = weight_strides(grad_out)
+        grad_out = grad_out.contiguous()
 
         rows, cols, taps = _fold_tiles(layout)
         row_tiles = cdiv(layout.out_channels, rows)
@@ -147,7 +147,7 @@ class FusedODConvWeights(torch.autograd.Function):
             gates, bank, grad_out, grad_bank, part_f, part_c, part_s, part_w,
             batch, layout.out_channels, layout.in_per_group, layout.taps,
             num_gates, layout.channel, layout.filter, layout.spatial,
-            *grad_strides, NK=layout.weights, DEPTHWISE=layout.depthwise,
+            NK=layout.weights, DEPTHWISE=layout.depthwise,
             HAS_FILTER=layout.filter > 0, HAS_SPATIAL=layout.spatial > 0,
             BO=rows, BC=cols, BT=taps, ACC=acc)
 

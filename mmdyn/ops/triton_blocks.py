@@ -70,12 +70,3 @@ def fold_tile(po, pc, CO, CI, KK, BO: tl.constexpr, BC: tl.constexpr,
     mask = (o < CO)[:, None, None] & (c < CI)[None, :, None] & \
         (t < KK)[None, None, :]
     return o, c, t, offsets, mask
-
-
-@triton.jit
-def strided_tile(o, c, t, stride_o, stride_c, stride_t):
-    """Offsets of the tile of indices ``o``, ``c``, ``t`` of
-    :func:`fold_tile` in a (CO, CI, KK) weight of those strides (e.g. a
-    weight gradient laid out channels-last)."""
-    return o[:, None, None] * stride_o + c[None, :, None] * stride_c + \
-        t[None, None, :] * stride_t

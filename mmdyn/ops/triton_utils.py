@@ -37,14 +37,3 @@ def accumulator(dtype: torch.dtype):
     import triton.language as tl
     return {torch.float64: tl.float64, torch.float32: tl.float32}[
         accumulation_dtype(dtype)]
-
-
-def weight_strides(weights: torch.Tensor):
-    """``weights`` (B, CO, CI, kh, kw) and its strides (B, CO, CI, tap) for
-    a kernel that indexes the kh * kw taps as one: in place where the taps'
-    rows are kw taps apart (as in contiguous and channels-last weights),
-    otherwise a contiguous copy."""
-    if weights.shape[-2] > 1 and \
-            weights.stride(-2) != weights.shape[-1] * weights.stride(-1):
-        weights = weights.contiguous()
-    return weights, (*weights.stride()[:3], weights.stride(-1))

@@ -217,24 +217,3 @@ def gpu_inference_error(layer, reference, precision, layout):
     torch.backends.cudnn.allow_tf32 = False
     assert got.dtype == dtype
     return relative_error([got.float()], [expected])
-
-
-def check_any_gradient_layout(fold, params, shape):
-    """``fold()`` makes per-sample weights of ``shape`` (B, CO, CI, kh, kw)
-    from ``params``: its backward gives the same gradients for a weights'
-    gradient channels-last (as the per-sample conv gives it) as for a
-    contiguous one, and other gradients for another weights' gradient (so
-    that the check is not vacuous)."""
-    def gradients(grad):
-        return torch.autograd.grad(fold(), params, grad, allow_unused=True)
-
-    grad = torch.randn(shape, dtype=torch.float64)
-    channels_last = grad.movedim(2, -1).contiguous().movedim(-1, 2)
-    assert not channels_last.is_contiguous()
-    expected = gradients(grad)
-    for a, b in zip(expected, gradients(channels_last)):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
-    assert any(a is not None and (a - b).abs().max() > 1e-3
-               for a, b in zip(expected, gradients(grad.flip(2))))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from layer_cases import (GEOMETRIES, ApplySpy, check_any_gradient_layout,
-                         compare, make_layer, randomize, triton_runs_here)
+from layer_cases import (GEOMETRIES, ApplySpy, compare, make_layer, randomize,
+                         triton_runs_here)
 from mmdyn.layers import DCDConv2d
 from mmdyn.ops import dcd_weights as fused
 from mmdyn.ops import dispatch, fused_ops
@@ -108,16 +108,3 @@ def test_does_not_apply(case, monkeypatch):
         if case != 'pool 2':  # the flag alone does not make a 2x2 branch
             layer(x)
     assert spy.calls == 0
-
-
-def test_backward_reads_the_weights_gradient_in_any_layout():
-    """The per-sample conv gives the weights' gradient channels-last; the
-    backward reads it where it is, with the same results."""
-    _needs_triton()
-    layer = _dcd('3x3')
-    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
-    with fused_ops('always'):
-        check_any_gradient_layout(
-            lambda: fused.dcd_weights(layer, x)[0],
-            [p for p in layer.parameters() if p.requires_grad],
-            (3, layer.out_channels, layer.in_channels, 3, 3))

@@ -92,30 +92,6 @@ def test_under_autocast_the_ops_compute_in_float32():
     assert dispatch.compute_dtype(x.bfloat16()) is None
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
-def test_pixel_sums_gradient_is_broadcast_in_the_inputs_dtype(dtype):
-    """The input gradient of the pixel sums is the sums' gradient at every
-    pixel, in the input's dtype, and a broadcast (stride 0 over the
-    pixels), not a feature map written out."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, 3, dtype=torch.float64)
-    expected, = torch.autograd.grad(x.sum(dim=(2, 3)), x, grad)
-    x = x.detach()
-    inp = x.to(dtype).requires_grad_(True)
-    with torch.autocast('cpu', dtype=torch.bfloat16,
-                        enabled=dtype == torch.bfloat16):
-        sums = dispatch.pixel_sums(inp)
-    # float32 sums of a half-precision input under autocast
-    assert sums.dtype == (torch.float64 if dtype == torch.float64 else
-                          torch.float32)
-    got, = torch.autograd.grad(sums, inp, grad.to(sums.dtype))
-    assert got.dtype == dtype and got.stride()[2:] == (0, 0)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=0)
-    assert torch.autograd.gradcheck(
-        dispatch.pixel_sums, (x.clone().requires_grad_(True), ))
-
-
 def test_mode_always_without_triton_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(dispatch, 'triton_installed', lambda: False)
     x, tensors, modules = _case()

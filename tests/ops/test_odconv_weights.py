@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from layer_cases import (ApplySpy, check_any_gradient_layout, compare,
-                         randomize, triton_runs_here)
+from layer_cases import ApplySpy, compare, randomize, triton_runs_here
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import odconv_weights as fused
@@ -117,17 +116,3 @@ def test_many_tiles_match_the_reference(kernel_num, device, monkeypatch):
     with fused_ops('always'):
         compare(layer, odconv_reference, x, atol=1e-8)
     assert spy.calls == 1
-
-
-@pytest.mark.parametrize('kernel_num', [1, 4])
-def test_backward_reads_the_weights_gradient_in_any_layout(kernel_num):
-    """The per-sample conv gives the weights' gradient channels-last; the
-    backward reads it where it is, with the same results."""
-    _needs_triton('cpu')
-    layer = _layer(kernel_num, channels=8)
-    x = _input(channels=8, batch=3)
-    with fused_ops('always'):
-        check_any_gradient_layout(
-            lambda: fused.odconv_weights(layer, x),
-            [p for p in layer.parameters() if p.requires_grad],
-            (3, 8, 8, 3, 3))
