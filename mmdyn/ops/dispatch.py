@@ -17,8 +17,9 @@ only where it computes the same:
   kernels compute in it), or autocast is on and those parameters are
   float32, the input float32, float16 or bfloat16: the op then computes in
   float32 from the input's float32 pixel sums, as the layers' attention
-  branches do under autocast, and autocast casts the weights it makes for
-  the convolution (:func:`compute_dtype`);
+  branches do under autocast (:func:`compute_dtype`), and writes the
+  weights it makes in the dtype autocast casts the convolution's operands
+  to (:func:`conv_dtype`), rounded as autocast's cast would round them;
 - no ``torch.compile``, ``torch.jit`` tracing or scripting is running (they
   trace the layer's own operations);
 - no hooks are registered on the modules the op stands in for, nor global
