@@ -35,8 +35,8 @@ from torch.autograd.function import once_differentiable
 
 from ..layers.functional import accumulation_dtype, conv_output_size
 from .block_diagonal_conv import BATCH as BLOCK_DIAGONAL_BATCH
-from .dispatch import (as_conv_operands, folding_pays, may_fuse,
-                       outside_autocast)
+from .dispatch import (as_conv_operands, conv_dtype, folding_pays,
+                       may_fuse, outside_autocast)
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: The weight gradient is split over the pixels into parts until the
@@ -85,8 +85,8 @@ def kernels_take(x: Tensor, tensors) -> bool:
     (in the interpreter also float64)."""
     tensors = [x] + [t for t in tensors if t is not None]
     in_interpreter = not x.is_cuda
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = conv_dtype(x)
+    if dtype is not None:  # under autocast
         # Triton's CPU interpreter multiplies bfloat16 tiles wrongly
         return dtype == torch.float16 or (dtype == torch.bfloat16
                                           and not in_interpreter)
