@@ -174,8 +174,8 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     ``spatial`` (B, kh * kw) scale each sample's weights, ``filter`` (B,
     CO) its output, to which the ``low_rank`` residual and ``bias`` (B, CO)
     are then added (ODConv's Eq. 2 with one weight; DCD's Eq. 4). The
-    kernel scales each input tile by the weights' scales as it multiplies,
-    so no scaled weight is written out.
+    kernel scales each weight tile as it multiplies, so no scaled weight is
+    written out.
     """
     from . import per_sample_conv_kernels as kernels
     weights = _tile_layout(weights)

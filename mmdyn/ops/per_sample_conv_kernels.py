@@ -47,7 +47,7 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
     tile, each term and factor only where its flag is set:
 
     - the sample's weights ``w'[o, c, t] = chan[c] tap[t] w[o, c, t]``,
-      with ``chan`` and ``tap`` scaling the input tiles. The per-sample
+      each weight tile scaled as it is read. The per-sample
       conv passes each sample's own weights (``stride_wb``) and no factor;
       weights shared by the samples have ``stride_wb = 0``. Taps are
       ``stride_wt`` apart: 1 where the weights are contiguous, C where
@@ -102,21 +102,21 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
                                  mask=c_in[:, None] & lat_in[None, :],
                                  other=0)
                 z += _dot(a, q_tile.to(a.dtype), TF32, ACC)
-        # the sample's weight scales apply to its input tile instead:
-        # sum_c w[o, c, t] chan[c] tap[t] x[c] is the same sum, and the
-        # weight tile goes to the product as read
-        if HAS_CHAN or HAS_TAP:
-            s = tl.full([1, 1], 1, ACC)
-            if HAS_CHAN:
-                s = s * tl.load(chan + b * C + c, mask=c_in,
-                                other=0).to(ACC)[None, :]
-            if HAS_TAP:
-                s = s * tl.load(tap + b * TAPS + t).to(ACC)
-            a = (a.to(ACC) * s).to(a.dtype)
         k = tl.load(wb + o[None, :] * stride_wo + c[:, None] * stride_wc +
                     t * stride_wt,
                     mask=c_in[:, None] & o_in[None, :],
                     other=0)
+        if HAS_CHAN or HAS_TAP:
+            # the sample's scales of this tap and channel block, formed in
+            # the accumulator's precision and applied to the weight tile in
+            # the tile's own dtype, so the tile is not converted twice
+            s = tl.full([BK], 1, ACC)
+            if HAS_CHAN:
+                s = s * tl.load(chan + b * C + c, mask=c_in,
+                                other=0).to(ACC)
+            if HAS_TAP:
+                s = s * tl.load(tap + b * TAPS + t).to(ACC)
+            k = k * s.to(k.dtype)[:, None]
         acc += _dot(a, k.to(a.dtype), TF32, ACC)
     if HAS_FILT:
         acc *= tl.load(filt + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
