@@ -189,10 +189,7 @@ class ODConv2d(BaseDynamicConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if scaled.applies(self, x):  # inference at a large batch
-            att = self.attention(x, self.temperature)
-            return scaled.scaled_weight_conv(
-                self, x, att.channel, att.spatial, att.filter,
-                self._per_sample_bias(x.shape[0]))
+            return scaled.layer_forward(self, x)
         if fused.applies(self, x):
             return self.per_sample(x, fused.odconv_weights(self, x),
                                    self._per_sample_bias(x.shape[0]))

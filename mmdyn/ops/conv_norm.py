@@ -14,12 +14,14 @@ affine form: the
 gradients reach ``out``, the bias and the BatchNorm's weight and bias as
 they would through ``norm(conv(x))``.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .._compat import BatchNormBase, has_hooks
+from . import scaled_weight_conv as scaled
+from .per_sample_conv import Epilogue
 
 
 def applies(conv: nn.Module, norm: nn.Module, x: Tensor) -> bool:
@@ -60,3 +62,33 @@ def norm_affine(norm: nn.Module) -> Tuple[Tensor, Tensor]:
         scale = scale * norm.weight
     shift = -norm.running_mean * scale
     return scale, shift if norm.bias is None else shift + norm.bias
+
+
+def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
+                  residual: Optional[Tensor] = None,
+                  act: Optional[nn.Module] = None) -> Tensor:
+    """``act(norm(conv(x)) + residual)`` (no residual, no ``act`` where
+    None; ``act`` a ReLU): a block's conv and the operations after it.
+    Where the conv is ODConv (1x) computed by its inference kernel
+    (:mod:`.scaled_weight_conv`) and ``norm`` a BatchNorm with running
+    statistics in eval mode, the kernel applies the norm as its affine map,
+    adds the residual and applies the ReLU as it writes the conv's output,
+    instead of each making a pass of its own over it."""
+    if _epilogue_applies(conv, norm, act, x):
+        scale, shift = norm_affine(norm)
+        return scaled.layer_forward(conv, x, Epilogue(
+            scale, shift, residual, relu=act is not None))
+    out = conv_then_norm(conv, norm, x)
+    if residual is not None:
+        out = out + residual
+    return out if act is None else act(out)
+
+
+def _epilogue_applies(conv: nn.Module, norm: nn.Module,
+                      act: Optional[nn.Module], x: Tensor) -> bool:
+    from ..layers.odconv import ODConv2d
+    return (isinstance(conv, ODConv2d) and scaled.applies(conv, x)
+            and isinstance(norm, BatchNormBase) and not norm.training
+            and norm.running_var is not None
+            and (act is None or isinstance(act, nn.ReLU))
+            and not has_hooks([conv, norm] + ([] if act is None else [act])))

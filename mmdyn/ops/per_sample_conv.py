@@ -151,6 +151,16 @@ def _like(x: Tensor, shape) -> Tensor:
                        else torch.contiguous_format)
 
 
+class Epilogue(NamedTuple):
+    """The block's operations after a conv, applied as the kernel writes
+    the conv's output: ``relu(norm_scale * y + norm_shift + residual)``,
+    each part only where given (None; ``relu`` False)."""
+    norm_scale: Optional[Tensor] = None  # (CO,): an eval-mode norm's scale
+    norm_shift: Optional[Tensor] = None  # (CO,): and shift
+    residual: Optional[Tensor] = None  # (B, CO, OH, OW), rows dense
+    relu: bool = False
+
+
 class LowRank(NamedTuple):
     """A residual through an L-dimensional latent space on the centre tap
     of the filter, ``P (M_b z + c_b)`` with ``z = Q x``: DCD's ``P Phi(x)
@@ -166,14 +176,16 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
                  spatial: Optional[Tensor] = None,
                  filter: Optional[Tensor] = None,
                  bias: Optional[Tensor] = None,
-                 low_rank: Optional[LowRank] = None) -> Tensor:
+                 low_rank: Optional[LowRank] = None,
+                 epilogue: Epilogue = Epilogue()) -> Tensor:
     """The forward kernel's output, in ``x``'s dtype and memory format.
 
     ``weights`` are (B, CO, C, kh, kw), one per sample, or with ``shared``
     (CO, C, kh, kw), the same for every sample. ``channel`` (B, C) and
     ``spatial`` (B, kh * kw) scale each sample's weights, ``filter`` (B,
     CO) its output, to which the ``low_rank`` residual and ``bias`` (B, CO)
-    are then added (ODConv's Eq. 2 with one weight; DCD's Eq. 4). The
+    are then added (ODConv's Eq. 2 with one weight; DCD's Eq. 4), before
+    the ``epilogue`` (the block's norm, residual and ReLU). The
     kernel scales each weight tile as it multiplies, so no scaled weight is
     written out.
     """
@@ -191,17 +203,25 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
              for t in (channel, spatial, filter, bias) +
              (low_rank or LowRank(None, None, None, None))]
     latent = 0 if low_rank is None else low_rank.q.shape[0]
+    norm = [None if t is None else t.contiguous()
+            for t in (epilogue.norm_scale, epilogue.norm_shift)]
+    residual = epilogue.residual
+    if residual is not None and not _rows_dense(residual):
+        residual = residual.contiguous(memory_format=torch.channels_last)
     kernels.conv_fwd[grid](
-        x, weights, *[weights if t is None else t for t in terms], y,
+        x, weights, *[weights if t is None else t for t in terms + norm],
+        y if residual is None else residual, y,
         channels, height, width, out_channels, out_h, out_w, out_h * out_w,
         latent, *x.stride(), 0 if shared else weights.stride(0),
         *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
+        *_pixel_strides(y if residual is None else residual),
         *geometry.kernel_args(),
         KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
         HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
         HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
-        TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
+        HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
+        RELU=epilogue.relu, TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
     return y
 
 

@@ -31,17 +31,19 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
-             CO, OH, OW, NP, L, stride_xb, stride_xc, stride_xh, stride_xw,
-             stride_wb, stride_wo, stride_wc, stride_wt, stride_yb,
-             stride_yc, stride_yp, SH, SW, PH, PW, DH, DW,
+def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
+             norm_h, res, y, C, H, W, CO, OH, OW, NP, L, stride_xb,
+             stride_xc, stride_xh, stride_xw, stride_wb, stride_wo,
+             stride_wc, stride_wt, stride_yb, stride_yc, stride_yp,
+             stride_rb, stride_rc, stride_rp, SH, SW, PH, PW, DH, DW,
              KW: tl.constexpr, TAPS: tl.constexpr, FLAT: tl.constexpr,
              HAS_CHAN: tl.constexpr,
              HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
              HAS_BIAS: tl.constexpr,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
-             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, ACC: tl.constexpr):
+             HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
+             RELU: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
+             BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """``y[o, p] = filt[o] sum_{c, t} w'[o, c, t] x[c, p shifted by tap t]
     (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
     tile, each term and factor only where its flag is set:
@@ -59,7 +61,12 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
     - the attentions ``chan`` (B, C), ``tap`` (B, TAPS),
       ``filt`` and ``bias`` (B, CO), and ``q`` (L, C), ``lr_m`` (B, L, L),
       ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
-      up to a power of two, at least 16.
+      up to a power of two, at least 16;
+    - the block's operations after the conv, at inference: ``HAS_NORM``
+      an eval-mode norm as the affine map ``norm_s[o] v + norm_h[o]``
+      (contiguous (CO,)), then ``HAS_RES`` the residual ``res`` (B, CO, OH,
+      OW; strides ``stride_rb``, ``stride_rc``, ``stride_rp`` as ``y``'s)
+      added, then ``RELU``.
 
     ``NP = OH * OW``; ``FLAT``: output pixel ``p`` reads input pixel ``p``
     (a 1x1 filter, stride 1, no padding, the input's rows ``W *
@@ -133,6 +140,15 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, y, C, H, W,
                     TF32, ACC)
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
+    if HAS_NORM:
+        acc = acc * tl.load(norm_s + o, mask=o_in, other=0).to(ACC)[None, :] \
+            + tl.load(norm_h + o, mask=o_in, other=0).to(ACC)[None, :]
+    if HAS_RES:
+        acc += tl.load(res + b * stride_rb + p[:, None] * stride_rp +
+                       o[None, :] * stride_rc,
+                       mask=p_in[:, None] & o_in[None, :], other=0).to(ACC)
+    if RELU:
+        acc = tl.maximum(acc, 0)
     tl.store(y + b * stride_yb + p[:, None] * stride_yp +
              o[None, :] * stride_yc,
              acc.to(y.dtype.element_ty),

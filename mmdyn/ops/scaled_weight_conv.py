@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .dispatch import (as_conv_operands, folding_pays, inference_pays,
                        may_fuse, needs_grad, outside_autocast)
-from .per_sample_conv import Geometry, conv_forward, kernels_take
+from .per_sample_conv import Epilogue, Geometry, conv_forward, kernels_take
 
 
 def applies(layer, x: Tensor) -> bool:
@@ -49,16 +49,28 @@ def applies(layer, x: Tensor) -> bool:
 
 def scaled_weight_conv(layer, x: Tensor, channel: Tensor,
                        spatial: Optional[Tensor], filter: Optional[Tensor],
-                       bias: Optional[Tensor] = None) -> Tensor:
+                       bias: Optional[Tensor] = None,
+                       epilogue: Epilogue = Epilogue()) -> Tensor:
     """``layer``'s conv of ``x`` with its one weight scaled by ``channel``
     (B, C) and ``spatial`` (B, kh * kw), the output scaled by ``filter``
-    (B, CO) and ``bias`` (B, CO) added; None stands for an attention the
-    layer does not have. Call where :func:`applies`. Under autocast the
-    input and the weight are cast to autocast's dtype, as autocast casts a
-    conv's operands."""
+    (B, CO) and ``bias`` (B, CO) added, then the ``epilogue``; None stands
+    for an attention the layer does not have. Call where :func:`applies`. Under
+    autocast the input and the weight are cast to autocast's dtype, as
+    autocast casts a conv's operands."""
     x, weight = as_conv_operands(x, layer.weight[0])
     with outside_autocast(x):
         return conv_forward(
             x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
             shared=True, channel=channel, spatial=spatial, filter=filter,
-            bias=bias)
+            bias=bias, epilogue=epilogue)
+
+
+def layer_forward(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
+    """The output of ODConv (1x) ``layer`` for input ``x``, then the
+    ``epilogue``: its attentions, and :func:`scaled_weight_conv`. Call
+    where :func:`applies`."""
+    att = layer.attention(x, layer.temperature)
+    bias = None if layer.bias is None else layer.bias.expand(
+        x.shape[0], layer.out_channels)
+    return scaled_weight_conv(layer, x, att.channel, att.spatial, att.filter,
+                              bias, epilogue)

@@ -1,7 +1,9 @@
 """MMDetection's ResNet blocks and mmcv's ConvModule with each conv and the
-norm after it applied by :func:`mmdyn.ops.conv_norm.conv_then_norm`: a
+operations after it applied by :func:`mmdyn.ops.conv_norm.conv_norm_act`: a
 dynamic conv's per-sample bias (DCD, where its fused op folds it) is then
-added by the eval-mode BatchNorm, in the pass that the norm makes anyway.
+added by the eval-mode BatchNorm, in the pass that the norm makes anyway,
+and ODConv (1x)'s inference kernel applies the norm, the residual and the
+ReLU as it writes its output.
 The layers, names and arguments are MMDetection's; with any other conv or
 norm they compute exactly what MMDetection's blocks do."""
 import torch.utils.checkpoint as cp
@@ -10,7 +12,7 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import Tensor
 
 from ..._compat import has_hooks
-from ...ops.conv_norm import conv_then_norm
+from ...ops.conv_norm import conv_norm_act
 
 
 def _checkpointed(block, inner_forward, x: Tensor) -> Tensor:
@@ -26,12 +28,12 @@ class DynamicBasicBlock(BasicBlock):
     def forward(self, x: Tensor) -> Tensor:
 
         def inner_forward(x):
-            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
-            out = conv_then_norm(self.conv2, self.norm2, out)
+            out = conv_norm_act(self.conv1, self.norm1, x, act=self.relu)
             identity = x if self.downsample is None else self.downsample(x)
-            return out + identity
+            return conv_norm_act(self.conv2, self.norm2, out, identity,
+                                 self.relu)
 
-        return self.relu(_checkpointed(self, inner_forward, x))
+        return _checkpointed(self, inner_forward, x)
 
 
 class DynamicBottleneck(Bottleneck):
@@ -42,19 +44,21 @@ class DynamicBottleneck(Bottleneck):
     def forward(self, x: Tensor) -> Tensor:
 
         def inner_forward(x):
-            out = self.relu(conv_then_norm(self.conv1, self.norm1, x))
+            out = conv_norm_act(self.conv1, self.norm1, x, act=self.relu)
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.relu(conv_then_norm(self.conv2, self.norm2, out))
+            out = conv_norm_act(self.conv2, self.norm2, out, act=self.relu)
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = conv_then_norm(self.conv3, self.norm3, out)
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv3_plugin_names)
             identity = x if self.downsample is None else self.downsample(x)
-            return out + identity
+            if not self.with_plugins:
+                return conv_norm_act(self.conv3, self.norm3, out, identity,
+                                     self.relu)
+            out = conv_norm_act(self.conv3, self.norm3, out)
+            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+            return self.relu(out + identity)
 
-        return self.relu(_checkpointed(self, inner_forward, x))
+        return _checkpointed(self, inner_forward, x)
 
 
 #: MMDetection's block -> the one that hands biases to its norms
@@ -72,7 +76,7 @@ def conv_module_forward(module: ConvModule, x: Tensor) -> Tensor:
             and getattr(module, 'efficient_conv_bn_eval_forward',
                         None) is None):
         return module(x)
-    out = conv_then_norm(module.conv, module.norm, x)
     if module.with_activation and module.order[2] == 'act':
-        out = module.activate(out)
-    return out
+        return conv_norm_act(module.conv, module.norm, x,
+                             act=module.activate)
+    return conv_norm_act(module.conv, module.norm, x)

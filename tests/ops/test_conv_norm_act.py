@@ -1,0 +1,152 @@
+"""A block's conv, eval-mode BatchNorm, residual and ReLU applied by ODConv
+(1x)'s inference kernel as it writes its output (mmdyn/ops/conv_norm.py,
+``conv_norm_act``): against ``relu(norm(reference(x)) + residual)`` in
+float64 (< 1e-8), shown to fail with the norm's shift, the residual or the
+ReLU dropped; where it steps aside; and a ResNet-50 with ODConv against its
+layers' PyTorch operations."""
+import pytest
+import torch
+from mmdet.registry import MODELS
+from torch import nn
+
+from layer_cases import make_layer, triton_runs_here
+from mmdyn.ops import fused_ops
+from mmdyn.ops import scaled_weight_conv as scaled
+from mmdyn.ops.conv_norm import conv_norm_act
+from reference import odconv_reference
+
+pytestmark = pytest.mark.skipif(
+    not triton_runs_here(),
+    reason='needs Triton (triton >= 3.9 for its CPU interpreter)')
+
+
+class EpilogueSpy:
+    """Counts the layer forwards that the kernel's epilogue completes."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        forward = scaled.layer_forward
+
+        def counted(layer, x, *epilogue):
+            self.calls += bool(epilogue)
+            return forward(layer, x, *epilogue)
+
+        monkeypatch.setattr(scaled, 'layer_forward', counted)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    return EpilogueSpy(monkeypatch)
+
+
+def _norm(channels):
+    norm = nn.BatchNorm2d(channels).double().eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.normal_(1, 0.5)
+        norm.bias.normal_(0, 0.5)
+    return norm
+
+
+def _case(geometry, layer_name='odconv-1x-fused'):
+    layer, _ = make_layer(layer_name, geometry, bias=True, temperature=2.5)
+    layer.eval().requires_grad_(False)
+    norm = _norm(layer.out_channels)
+    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
+    with torch.no_grad():
+        shape = odconv_reference(layer, x).shape
+    return layer, norm, x, torch.randn(shape, dtype=torch.float64)
+
+
+def _expected(layer, norm, x, residual, relu, drop=None):
+    out = odconv_reference(layer, x)
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    shift = 0 if drop == 'shift' else norm.bias - norm.running_mean * scale
+    out = out * scale[:, None, None] + (
+        shift[:, None, None] if drop != 'shift' else 0)
+    if residual is not None and drop != 'residual':
+        out = out + residual
+    return out.relu() if relu and drop != 'relu' else out
+
+
+def _error(got, expected):
+    scale = max(expected.abs().max().item(), 1.0)
+    return (got - expected).abs().max().item() / scale
+
+
+@pytest.mark.parametrize('geometry', ['1x1', '1x1-stride2', '3x3',
+                                      '3x3-stride2', '1x3'])
+@pytest.mark.parametrize('residual, relu', [(False, True), (True, True),
+                                            (True, False), (False, False)])
+def test_equals_norm_residual_relu_of_reference(geometry, residual, relu,
+                                                large_batch, spy):
+    layer, norm, x, identity = _case(geometry)
+    identity = identity if residual else None
+    with torch.no_grad(), fused_ops('always'):
+        got = conv_norm_act(layer, norm, x, identity,
+                            nn.ReLU(inplace=True) if relu else None)
+    assert spy.calls == 1
+    assert _error(got, _expected(layer, norm, x, identity, relu)) < 1e-8
+
+
+@pytest.mark.parametrize('drop', ['shift', 'residual', 'relu'])
+def test_a_dropped_part_fails(drop, large_batch, spy):
+    """Negative checks: the comparison sees the output differ from one
+    without the norm's shift, the residual or the ReLU."""
+    layer, norm, x, identity = _case('3x3')
+    with torch.no_grad(), fused_ops('always'):
+        got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
+    assert spy.calls == 1
+    mutant = _expected(layer, norm, x, identity, True, drop=drop)
+    assert _error(got, mutant) > 1e-3
+
+
+@pytest.mark.parametrize('case', ['norm training', 'hook on norm', 'relu6',
+                                  'four weights', 'small batch', 'mode off'])
+def test_steps_aside(case, monkeypatch, spy):
+    """Where the inference kernel does not take the layer, or the norm or
+    activation is not one it can apply, the block's own operations run."""
+    if case != 'small batch':
+        from mmdyn.ops import dispatch
+        monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
+    layer, norm, x, identity = _case(
+        '3x3', 'odconv-4x-fused' if case == 'four weights' else
+        'odconv-1x-fused')
+    act = nn.ReLU6() if case == 'relu6' else nn.ReLU()
+    if case == 'norm training':
+        norm.train()
+    if case == 'hook on norm':
+        norm.register_forward_hook(lambda *args: None)
+    with torch.no_grad(), fused_ops('off' if case == 'mode off' else
+                                    'always'):
+        got = conv_norm_act(layer, norm, x, identity, act)
+        expected = act(norm(layer(x)) + identity)
+    assert spy.calls == 0
+    assert _error(got, expected) < 1e-12
+
+
+@pytest.mark.slow
+def test_resnet_equals_its_layers_operations(large_batch, spy):
+    """A ResNet-50 with ODConv (1x) in eval mode: every block through the
+    kernel's epilogue equals MMDetection's blocks with the layers' PyTorch
+    operations."""
+    torch.manual_seed(0)
+    model = MODELS.build(dict(type='mmdyn.ODResNet', depth=50,
+                              base_channels=8, kernel_num=1)).double()
+    model.init_weights()
+    for norm in model.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            with torch.no_grad():
+                norm.running_mean.normal_(0, 0.2)
+                norm.running_var.uniform_(0.5, 2.0)
+    model.eval().requires_grad_(False)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        with fused_ops('always'):
+            fused = model(x)
+        with fused_ops('off'):
+            plain = model(x)
+    assert spy.calls > 0
+    for got, expected in zip(fused, plain, strict=True):
+        assert _error(got, expected) < 1e-9
