@@ -70,7 +70,5 @@ def layer_forward(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     ``epilogue``: its attentions, and :func:`scaled_weight_conv`. Call
     where :func:`applies`."""
     att = layer.attention(x, layer.temperature)
-    bias = None if layer.bias is None else layer.bias.expand(
-        x.shape[0], layer.out_channels)
     return scaled_weight_conv(layer, x, att.channel, att.spatial, att.filter,
-                              bias, epilogue)
+                              layer._per_sample_bias(x.shape[0]), epilogue)
