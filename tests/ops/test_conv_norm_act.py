@@ -9,7 +9,9 @@ import torch
 from mmdet.registry import MODELS
 from torch import nn
 
-from layer_cases import make_layer, triton_runs_here
+from layer_cases import (PRECISION_TOLERANCE, make_layer, relative_error,
+                         triton_runs_here)
+from mmdyn.layers import ODConv2d
 from mmdyn.ops import fused_ops
 from mmdyn.ops import scaled_weight_conv as scaled
 from mmdyn.ops.conv_norm import conv_norm_act
@@ -71,8 +73,7 @@ def _expected(layer, norm, x, residual, relu, drop=None):
 
 
 def _error(got, expected):
-    scale = max(expected.abs().max().item(), 1.0)
-    return (got - expected).abs().max().item() / scale
+    return relative_error([got], [expected])
 
 
 @pytest.mark.parametrize('geometry', ['1x1', '1x1-stride2', '3x3',
@@ -150,3 +151,32 @@ def test_resnet_equals_its_layers_operations(large_batch, spy):
     assert spy.calls > 0
     for got, expected in zip(fused, plain, strict=True):
         assert _error(got, expected) < 1e-9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('precision', ['float16', 'bfloat16'])
+@pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
+def test_gpu_half_precision_within_tolerance(precision, layout, large_batch,
+                                             spy):
+    """The stage-2 3x3 of a ResNet at 16 images under autocast, with the
+    residual in the autocast dtype as a block passes it: the epilogue runs
+    and stays within ``PRECISION_TOLERANCE`` of the float32 reference."""
+    torch.manual_seed(0)
+    layer = ODConv2d(128, 128, 3, padding=1).cuda().eval()
+    layer.requires_grad_(False)
+    norm = _norm(128).float().cuda()
+    x = torch.randn(16, 128, 28, 28, device='cuda')
+    identity = torch.randn(16, 128, 28, 28, device='cuda')
+    if layout == 'channels-last':
+        x = x.contiguous(memory_format=torch.channels_last)
+        identity = identity.contiguous(memory_format=torch.channels_last)
+    dtype = getattr(torch, precision)
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        expected = _expected(layer, norm, x, identity, True)
+        with torch.autocast('cuda', dtype=dtype):
+            got = conv_norm_act(layer, norm, x, identity.to(dtype),
+                                nn.ReLU(inplace=True))
+    assert spy.calls == 1
+    assert got.dtype == dtype
+    assert _error(got.float(), expected) < PRECISION_TOLERANCE[precision]
