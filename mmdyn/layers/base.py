@@ -185,6 +185,15 @@ class BaseDynamicConv2d(nn.Module):
         return dict(stride=self.stride, padding=self.padding,
                     dilation=self.dilation)
 
+    def per_sample_weights(
+            self, x: Tensor) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """Where this layer's forward convolves ``x`` with weights of its
+        own per sample, those weights (B, out, in / groups, kh, kw) and
+        biases (B, out; None without a bias), which :meth:`per_sample`
+        then convolves ``x`` with; None where its forward computes the
+        output another way."""
+        return None
+
     def per_sample(self, x: Tensor, weight: Tensor,
                    bias: Optional[Tensor] = None) -> Tensor:
         """Convolve each sample of ``x`` with its own weight ``weight[b]``

@@ -1,6 +1,6 @@
 """ODConv (Li, Zhou and Yao, ICLR 2022): omni-dimensional dynamic
 convolution."""
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -190,9 +190,9 @@ class ODConv2d(BaseDynamicConv2d):
     def forward(self, x: Tensor) -> Tensor:
         if scaled.applies(self, x):  # inference at a large batch
             return scaled.layer_forward(self, x)
-        if fused.applies(self, x):
-            return self.per_sample(x, fused.odconv_weights(self, x),
-                                   self._per_sample_bias(x.shape[0]))
+        folded = self.per_sample_weights(x)
+        if folded is not None:
+            return self.per_sample(x, *folded)
         att = self.attention(x, self.temperature)
         # the weights the kernel-wise (a_w) and spatial (a_s) attentions
         # make: (1 or B, out, in / groups, kh, kw)
@@ -213,6 +213,18 @@ class ODConv2d(BaseDynamicConv2d):
         if self.bias is not None:
             out = out + self.bias[:, None, None]
         return out
+
+    def per_sample_weights(
+            self, x: Tensor) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """Where the fused op computes them (:mod:`mmdyn.ops.odconv_weights`),
+        the per-sample weights with every attention folded in (Eq. 2, the
+        filter attention as a scale of each output channel's weights) and
+        the static bias per sample; None elsewhere: the layer's own
+        operations apply ``a_c`` and ``a_f`` to the activations."""
+        if not fused.applies(self, x):
+            return None
+        return (fused.odconv_weights(self, x),
+                self._per_sample_bias(x.shape[0]))
 
     def _per_sample_bias(self, batch: int) -> Optional[Tensor]:
         """The static bias as one per sample (B, out), for

@@ -1,7 +1,7 @@
 """A bank of K static weights mixed per sample by an attention: Eq. 1 of
 the ODConv paper, ``y = (a_1 W_1 + ... + a_K W_K) * x``, as in CondConv and
 DyConv."""
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,10 @@ class WeightBankConv2d(BaseDynamicConv2d):
         self._load_static_bias(None if bias is None else bias * scale,
                                self.kernel_num)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def per_sample_weights(self, x: Tensor) -> Tuple[Tensor,
+                                                     Optional[Tensor]]:
+        """The bank's weights (and biases) mixed by the attention for each
+        sample of ``x``."""
         attention = self.kernel_attention(x)
         weight = mix_weights(attention, self.weight)
         bias = None if self.bias is None else mix_weights(attention,
@@ -98,4 +101,7 @@ class WeightBankConv2d(BaseDynamicConv2d):
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None \
                 else bias + self.static_bias
-        return self.per_sample(x, weight, bias)
+        return weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.per_sample(x, *self.per_sample_weights(x))

@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from .._compat import BatchNormBase, has_hooks
+from . import per_sample_conv as per_sample
 from . import scaled_weight_conv as scaled
+from .dispatch import folding_pays, needs_grad
 from .per_sample_conv import Epilogue
 
 
@@ -69,26 +71,50 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
                   act: Optional[nn.Module] = None) -> Tensor:
     """``act(norm(conv(x)) + residual)`` (no residual, no ``act`` where
     None; ``act`` a ReLU): a block's conv and the operations after it.
-    Where the conv is ODConv (1x) computed by its inference kernel
-    (:mod:`.scaled_weight_conv`) and ``norm`` a BatchNorm with running
-    statistics in eval mode, the kernel applies the norm as its affine map,
+
+    At inference at a large batch (above
+    :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, nothing needs a gradient),
+    where the conv's output comes from the per-sample conv's forward kernel
+    (ODConv (1x) through :mod:`.scaled_weight_conv`, a layer with
+    per-sample weights through :mod:`.per_sample_conv`) and ``norm`` is a
+    BatchNorm in eval mode, the kernel applies the norm as its affine map,
     adds the residual and applies the ReLU as it writes the conv's output,
     instead of each making a pass of its own over it."""
-    if _epilogue_applies(conv, norm, act, x):
-        scale, shift = norm_affine(norm)
-        return scaled.layer_forward(conv, x, Epilogue(
-            scale, shift, residual, relu=act is not None))
-    out = conv_then_norm(conv, norm, x)
+    if _epilogue_applies(conv, norm, x, residual, act):
+        epilogue = Epilogue(*norm_affine(norm), residual,
+                            relu=act is not None)
+        if scaled.applies(conv, x):
+            return scaled.layer_forward(conv, x, epilogue)
+        folded = conv.per_sample_weights(x)
+        if folded is not None:
+            weight, bias = folded
+            if per_sample.applies(conv, x, weight, bias):
+                return per_sample.per_sample_conv(
+                    x, weight, bias, per_sample.Geometry(
+                        conv.stride, conv.padding, conv.dilation), epilogue)
+            return _after_norm(norm(conv.per_sample(x, weight, bias)),
+                               residual, act)
+    return _after_norm(conv_then_norm(conv, norm, x), residual, act)
+
+
+def _after_norm(out: Tensor, residual: Optional[Tensor],
+                act: Optional[nn.Module]) -> Tensor:
     if residual is not None:
         out = out + residual
     return out if act is None else act(out)
 
 
-def _epilogue_applies(conv: nn.Module, norm: nn.Module,
-                      act: Optional[nn.Module], x: Tensor) -> bool:
-    from ..layers.odconv import ODConv2d
-    return (isinstance(conv, ODConv2d) and scaled.applies(conv, x)
+def _epilogue_applies(conv: nn.Module, norm: nn.Module, x: Tensor,
+                      residual: Optional[Tensor],
+                      act: Optional[nn.Module]) -> bool:
+    """Whether the kernel may apply ``norm``, ``residual`` and ``act``:
+    a dynamic conv at a large batch, an eval-mode BatchNorm, a ReLU or no
+    activation, no hooks, and nothing that needs a gradient."""
+    from ..layers.base import BaseDynamicConv2d
+    return (isinstance(conv, BaseDynamicConv2d) and not folding_pays(x)
             and isinstance(norm, BatchNormBase) and not norm.training
             and norm.running_var is not None
             and (act is None or isinstance(act, nn.ReLU))
+            and not needs_grad(conv, x) and not needs_grad(
+                norm, x if residual is None else residual)
             and not has_hooks([conv, norm] + ([] if act is None else [act])))

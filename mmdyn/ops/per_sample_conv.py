@@ -122,12 +122,18 @@ def _pays(layer, x: Tensor, weight: Tensor) -> bool:
 
 
 def per_sample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                    geometry: Geometry) -> Tensor:
+                    geometry: Geometry,
+                    epilogue: Optional['Epilogue'] = None) -> Tensor:
     """``out[b] = F.conv2d(x[b], weight[b], bias[b], *geometry)`` for every
-    sample ``b``; call where :func:`applies`. Under autocast the three are
-    cast to autocast's dtype first, as autocast casts a conv's operands."""
+    sample ``b``, then the ``epilogue`` where given (forward only: where
+    nothing needs a gradient); call where :func:`applies`. Under autocast
+    the three are cast to autocast's dtype first, as autocast casts a
+    conv's operands."""
     x, weight, bias = as_conv_operands(x, weight, bias)
     with outside_autocast(x):
+        if epilogue is not None:
+            return conv_forward(x, weight, geometry, bias=bias,
+                                epilogue=epilogue)
         return PerSampleConv.apply(x, weight, bias, geometry)
 
 

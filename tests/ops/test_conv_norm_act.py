@@ -13,9 +13,11 @@ from layer_cases import (PRECISION_TOLERANCE, make_layer, relative_error,
                          triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import fused_ops
+from mmdyn.ops import per_sample_conv as per_sample
 from mmdyn.ops import scaled_weight_conv as scaled
 from mmdyn.ops.conv_norm import conv_norm_act
-from reference import odconv_reference
+from reference import (condconv_reference, dyconv_reference,
+                       odconv_reference)
 
 pytestmark = pytest.mark.skipif(
     not triton_runs_here(),
@@ -23,17 +25,23 @@ pytestmark = pytest.mark.skipif(
 
 
 class EpilogueSpy:
-    """Counts the layer forwards that the kernel's epilogue completes."""
+    """Counts the layer forwards that a kernel's epilogue completes."""
 
     def __init__(self, monkeypatch):
         self.calls = 0
         forward = scaled.layer_forward
+        conv = per_sample.per_sample_conv
 
-        def counted(layer, x, *epilogue):
+        def counted_forward(layer, x, *epilogue):
             self.calls += bool(epilogue)
             return forward(layer, x, *epilogue)
 
-        monkeypatch.setattr(scaled, 'layer_forward', counted)
+        def counted_conv(x, weight, bias, geometry, epilogue=None):
+            self.calls += epilogue is not None
+            return conv(x, weight, bias, geometry, epilogue)
+
+        monkeypatch.setattr(scaled, 'layer_forward', counted_forward)
+        monkeypatch.setattr(per_sample, 'per_sample_conv', counted_conv)
 
 
 @pytest.fixture
@@ -52,17 +60,19 @@ def _norm(channels):
 
 
 def _case(geometry, layer_name='odconv-1x-fused'):
-    layer, _ = make_layer(layer_name, geometry, bias=True, temperature=2.5)
+    layer, reference = make_layer(layer_name, geometry, bias=True,
+                                  temperature=2.5)
     layer.eval().requires_grad_(False)
     norm = _norm(layer.out_channels)
     x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
     with torch.no_grad():
-        shape = odconv_reference(layer, x).shape
+        shape = reference(layer, x).shape
     return layer, norm, x, torch.randn(shape, dtype=torch.float64)
 
 
-def _expected(layer, norm, x, residual, relu, drop=None):
-    out = odconv_reference(layer, x)
+def _expected(layer, norm, x, residual, relu, drop=None,
+              reference=odconv_reference):
+    out = reference(layer, x)
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     shift = 0 if drop == 'shift' else norm.bias - norm.running_mean * scale
     out = out * scale[:, None, None] + (
@@ -91,36 +101,61 @@ def test_equals_norm_residual_relu_of_reference(geometry, residual, relu,
     assert _error(got, _expected(layer, norm, x, identity, relu)) < 1e-8
 
 
-@pytest.mark.parametrize('drop', ['shift', 'residual', 'relu'])
-def test_a_dropped_part_fails(drop, large_batch, spy):
-    """Negative checks: the comparison sees the output differ from one
-    without the norm's shift, the residual or the ReLU."""
-    layer, norm, x, identity = _case('3x3')
+PER_SAMPLE_WEIGHTS = {'odconv-4x-fused': odconv_reference,
+                      'dyconv': dyconv_reference,
+                      'condconv': condconv_reference}
+
+
+@pytest.mark.parametrize('layer_name', list(PER_SAMPLE_WEIGHTS))
+@pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2'])
+def test_per_sample_weights_equal_the_reference(layer_name, geometry,
+                                                large_batch, spy):
+    """Layers with weights of their own per sample (ODConv (4x), DyConv,
+    CondConv, with a bias each) through the per-sample conv's kernel."""
+    layer, norm, x, identity = _case(geometry, layer_name)
     with torch.no_grad(), fused_ops('always'):
         got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
     assert spy.calls == 1
-    mutant = _expected(layer, norm, x, identity, True, drop=drop)
+    expected = _expected(layer, norm, x, identity, True,
+                         reference=PER_SAMPLE_WEIGHTS[layer_name])
+    assert _error(got, expected) < 1e-8
+
+
+@pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'dyconv'])
+@pytest.mark.parametrize('drop', ['shift', 'residual', 'relu'])
+def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
+    """Negative checks: the comparison sees the output differ from one
+    without the norm's shift, the residual or the ReLU."""
+    layer, norm, x, identity = _case('3x3', layer_name)
+    with torch.no_grad(), fused_ops('always'):
+        got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
+    assert spy.calls == 1
+    mutant = _expected(layer, norm, x, identity, True, drop=drop,
+                       reference=PER_SAMPLE_WEIGHTS.get(layer_name,
+                                                        odconv_reference))
     assert _error(got, mutant) > 1e-3
 
 
-@pytest.mark.parametrize('case', ['norm training', 'hook on norm', 'relu6',
-                                  'four weights', 'small batch', 'mode off'])
+@pytest.mark.parametrize('case', [
+    'norm training', 'hook on norm', 'relu6', 'norm needs a gradient',
+    'grouped', 'small batch', 'mode off'])
 def test_steps_aside(case, monkeypatch, spy):
-    """Where the inference kernel does not take the layer, or the norm or
-    activation is not one it can apply, the block's own operations run."""
+    """Where no kernel takes the layer, the norm or activation is not one
+    it can apply, or a gradient is wanted, the block's own operations
+    run."""
     if case != 'small batch':
         from mmdyn.ops import dispatch
         monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
     layer, norm, x, identity = _case(
-        '3x3', 'odconv-4x-fused' if case == 'four weights' else
-        'odconv-1x-fused')
+        '3x3-grouped' if case == 'grouped' else '3x3',
+        'dyconv' if case == 'grouped' else 'odconv-1x-fused')
     act = nn.ReLU6() if case == 'relu6' else nn.ReLU()
     if case == 'norm training':
         norm.train()
     if case == 'hook on norm':
         norm.register_forward_hook(lambda *args: None)
-    with torch.no_grad(), fused_ops('off' if case == 'mode off' else
-                                    'always'):
+    with torch.set_grad_enabled(case == 'norm needs a gradient'), \
+            fused_ops('off' if case == 'mode off' else 'always'):
         got = conv_norm_act(layer, norm, x, identity, act)
         expected = act(norm(layer(x)) + identity)
     assert spy.calls == 0
@@ -128,13 +163,15 @@ def test_steps_aside(case, monkeypatch, spy):
 
 
 @pytest.mark.slow
-def test_resnet_equals_its_layers_operations(large_batch, spy):
-    """A ResNet-50 with ODConv (1x) in eval mode: every block through the
+@pytest.mark.parametrize('kernel_num', [1, 4])
+def test_resnet_equals_its_layers_operations(kernel_num, large_batch, spy):
+    """A ResNet-50 with ODConv (1x, 4x) in eval mode: every block through the
     kernel's epilogue equals MMDetection's blocks with the layers' PyTorch
     operations."""
     torch.manual_seed(0)
     model = MODELS.build(dict(type='mmdyn.ODResNet', depth=50,
-                              base_channels=8, kernel_num=1)).double()
+                              base_channels=8,
+                              kernel_num=kernel_num)).double()
     model.init_weights()
     for norm in model.modules():
         if isinstance(norm, nn.BatchNorm2d):
