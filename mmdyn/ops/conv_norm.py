@@ -80,10 +80,11 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     BatchNorm in eval mode, the kernel applies the norm as its affine map,
     adds the residual and applies the ReLU as it writes the conv's output,
     instead of each making a pass of its own over it."""
+    from ..layers.odconv import ODConv2d
     if _epilogue_applies(conv, norm, x, residual, act):
         epilogue = Epilogue(*norm_affine(norm), residual,
                             relu=act is not None)
-        if scaled.applies(conv, x):
+        if isinstance(conv, ODConv2d) and scaled.applies(conv, x):
             return scaled.layer_forward(conv, x, epilogue)
         folded = conv.per_sample_weights(x)
         if folded is not None:

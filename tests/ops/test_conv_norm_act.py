@@ -138,7 +138,7 @@ def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
 
 @pytest.mark.parametrize('case', [
     'norm training', 'hook on norm', 'relu6', 'norm needs a gradient',
-    'grouped', 'small batch', 'mode off'])
+    'grouped', 'dcd', 'small batch', 'mode off'])
 def test_steps_aside(case, monkeypatch, spy):
     """Where no kernel takes the layer, the norm or activation is not one
     it can apply, or a gradient is wanted, the block's own operations
@@ -148,7 +148,8 @@ def test_steps_aside(case, monkeypatch, spy):
         monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
     layer, norm, x, identity = _case(
         '3x3-grouped' if case == 'grouped' else '3x3',
-        'dyconv' if case == 'grouped' else 'odconv-1x-fused')
+        {'grouped': 'dyconv', 'dcd': 'dcd-fused'}.get(case,
+                                                      'odconv-1x-fused'))
     act = nn.ReLU6() if case == 'relu6' else nn.ReLU()
     if case == 'norm training':
         norm.train()
