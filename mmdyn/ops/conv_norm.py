@@ -70,7 +70,7 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
                   residual: Optional[Tensor] = None,
                   act: Optional[nn.Module] = None) -> Tensor:
     """``act(norm(conv(x)) + residual)`` (no residual, no ``act`` where
-    None; ``act`` a ReLU): a block's conv and the operations after it.
+    None; ``act`` a ReLU or ReLU6): a block's conv and the operations after it.
 
     At inference at a large batch (above
     :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, nothing needs a gradient),
@@ -78,12 +78,13 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     (ODConv (1x) through :mod:`.scaled_weight_conv`, a layer with
     per-sample weights through :mod:`.per_sample_conv`) and ``norm`` is a
     BatchNorm in eval mode, the kernel applies the norm as its affine map,
-    adds the residual and applies the ReLU as it writes the conv's output,
-    instead of each making a pass of its own over it."""
+    adds the residual and applies the activation as it writes the conv's
+    output, instead of each making a pass of its own over it."""
     from ..layers.odconv import ODConv2d
     if _epilogue_applies(conv, norm, x, residual, act):
         epilogue = Epilogue(*norm_affine(norm), residual,
-                            relu=act is not None)
+                            relu=act is not None,
+                            relu_cap=6.0 if type(act) is nn.ReLU6 else None)
         if isinstance(conv, ODConv2d) and scaled.applies(conv, x):
             return scaled.layer_forward(conv, x, epilogue)
         folded = conv.per_sample_weights(x)
@@ -109,13 +110,13 @@ def _epilogue_applies(conv: nn.Module, norm: nn.Module, x: Tensor,
                       residual: Optional[Tensor],
                       act: Optional[nn.Module]) -> bool:
     """Whether the kernel may apply ``norm``, ``residual`` and ``act``:
-    a dynamic conv at a large batch, an eval-mode BatchNorm, a ReLU or no
-    activation, no hooks, and nothing that needs a gradient."""
+    a dynamic conv at a large batch, an eval-mode BatchNorm, a ReLU, ReLU6
+    or no activation, no hooks, and nothing that needs a gradient."""
     from ..layers.base import BaseDynamicConv2d
     return (isinstance(conv, BaseDynamicConv2d) and not folding_pays(x)
             and isinstance(norm, BatchNormBase) and not norm.training
             and norm.running_var is not None
-            and (act is None or isinstance(act, nn.ReLU))
+            and (act is None or type(act) in (nn.ReLU, nn.ReLU6))
             and not needs_grad(conv, x) and not needs_grad(
                 norm, x if residual is None else residual)
             and not has_hooks([conv, norm] + ([] if act is None else [act])))

@@ -160,11 +160,13 @@ def _like(x: Tensor, shape) -> Tensor:
 class Epilogue(NamedTuple):
     """The block's operations after a conv, applied as the kernel writes
     the conv's output: ``relu(norm_scale * y + norm_shift + residual)``,
-    each part only where given (None; ``relu`` False)."""
+    capped at ``relu_cap`` (ReLU6: 6.0), each part only where given (None;
+    ``relu`` False)."""
     norm_scale: Optional[Tensor] = None  # (CO,): an eval-mode norm's scale
     norm_shift: Optional[Tensor] = None  # (CO,): and shift
     residual: Optional[Tensor] = None  # (B, CO, OH, OW), rows dense
     relu: bool = False
+    relu_cap: Optional[float] = None
 
 
 class LowRank(NamedTuple):
@@ -227,7 +229,8 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
         HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
         HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
-        RELU=epilogue.relu, TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
+        RELU=epilogue.relu, RELU_CAP=float(epilogue.relu_cap or 0),
+        TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
     return y
 
 

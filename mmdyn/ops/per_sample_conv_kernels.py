@@ -42,8 +42,9 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
              HAS_BIAS: tl.constexpr,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
              HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
-             RELU: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
-             BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+             RELU: tl.constexpr, RELU_CAP: tl.constexpr,
+             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, ACC: tl.constexpr):
     """``y[o, p] = filt[o] sum_{c, t} w'[o, c, t] x[c, p shifted by tap t]
     (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
     tile, each term and factor only where its flag is set:
@@ -66,7 +67,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
       an eval-mode norm as the affine map ``norm_s[o] v + norm_h[o]``
       (contiguous (CO,)), then ``HAS_RES`` the residual ``res`` (B, CO, OH,
       OW; strides ``stride_rb``, ``stride_rc``, ``stride_rp`` as ``y``'s)
-      added, then ``RELU``.
+      added, then ``RELU``, capped at ``RELU_CAP`` where it is not 0
+      (ReLU6).
 
     ``NP = OH * OW``; ``FLAT``: output pixel ``p`` reads input pixel ``p``
     (a 1x1 filter, stride 1, no padding, the input's rows ``W *
@@ -149,6 +151,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
                        mask=p_in[:, None] & o_in[None, :], other=0).to(ACC)
     if RELU:
         acc = tl.maximum(acc, 0)
+        if RELU_CAP != 0:
+            acc = tl.minimum(acc, RELU_CAP)
     tl.store(y + b * stride_yb + p[:, None] * stride_yp +
              o[None, :] * stride_yc,
              acc.to(y.dtype.element_ty),

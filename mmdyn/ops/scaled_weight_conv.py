@@ -13,10 +13,8 @@ read back by the next. Here the per-sample conv's forward kernel
 one weight, which every sample shares, as it multiplies, and the output as
 it writes it.
 
-It pays in half precision (autocast); in float32 the cuDNN conv of the
-layer's own operations and the per-sample conv op are faster
-(``docs/speed.md``), and with several weights (ODConv 4x) forming each
-tile from the bank costs more than it saves, so those keep their paths.
+With several weights (ODConv 4x) forming each tile from the bank costs
+more than it saves, so those keep their paths (``docs/speed.md``).
 Forward only: it takes a layer's forward where nothing needs a gradient
 (inference, or a frozen layer and input).
 """
@@ -24,8 +22,8 @@ from typing import Optional
 
 from torch import Tensor
 
-from .dispatch import (as_conv_operands, folding_pays, inference_pays,
-                       may_fuse, needs_grad, outside_autocast)
+from .dispatch import (as_conv_operands, folding_pays, may_fuse,
+                       needs_grad, outside_autocast)
 from .per_sample_conv import Epilogue, Geometry, conv_forward, kernels_take
 
 
@@ -34,17 +32,15 @@ def applies(layer, x: Tensor) -> bool:
     input ``x``: a dense layer (``groups == 1``) with one weight, a batch
     above :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted
     of the output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op,
-    the kernels take the dtypes (:func:`~.per_sample_conv.kernels_take`)
-    and it pays: under autocast
-    (:func:`~mmdyn.ops.dispatch.inference_pays`)."""
+    and the kernels take the dtypes
+    (:func:`~.per_sample_conv.kernels_take`)."""
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
     if layer.groups != 1 or layer.kernel_num != 1 or not may_fuse(
             x, [layer.weight], ()) or folding_pays(x) or \
             needs_grad(layer, x):
         return False
-    return inference_pays(x, half_precision=True) and kernels_take(
-        x, [layer.weight])
+    return kernels_take(x, [layer.weight])
 
 
 def scaled_weight_conv(layer, x: Tensor, channel: Tensor,

@@ -106,6 +106,24 @@ PER_SAMPLE_WEIGHTS = {'odconv-4x-fused': odconv_reference,
                       'condconv': condconv_reference}
 
 
+@pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'dyconv'])
+def test_relu6_caps_at_six(layer_name, large_batch, spy):
+    """MobileNetV2's ReLU6 (its blocks have no residual): the epilogue
+    caps at 6, and the comparison sees an uncapped ReLU differ."""
+    layer, norm, x, _ = _case('1x1', layer_name)
+    with torch.no_grad():
+        norm.weight.mul_(4)  # outputs well beyond 6
+    with torch.no_grad(), fused_ops('always'):
+        got = conv_norm_act(layer, norm, x, None, nn.ReLU6())
+    assert spy.calls == 1
+    relu = _expected(layer, norm, x, None, True,
+                     reference=PER_SAMPLE_WEIGHTS.get(layer_name,
+                                                      odconv_reference))
+    assert relu.max() > 7
+    assert _error(got, relu.clamp(max=6)) < 1e-8
+    assert _error(got, relu) > 1e-3
+
+
 @pytest.mark.parametrize('layer_name', list(PER_SAMPLE_WEIGHTS))
 @pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2'])
 def test_per_sample_weights_equal_the_reference(layer_name, geometry,
@@ -137,7 +155,7 @@ def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
 
 
 @pytest.mark.parametrize('case', [
-    'norm training', 'hook on norm', 'relu6', 'norm needs a gradient',
+    'norm training', 'hook on norm', 'hardtanh', 'norm needs a gradient',
     'grouped', 'dcd', 'small batch', 'mode off'])
 def test_steps_aside(case, monkeypatch, spy):
     """Where no kernel takes the layer, the norm or activation is not one
@@ -150,7 +168,7 @@ def test_steps_aside(case, monkeypatch, spy):
         '3x3-grouped' if case == 'grouped' else '3x3',
         {'grouped': 'dyconv', 'dcd': 'dcd-fused'}.get(case,
                                                       'odconv-1x-fused'))
-    act = nn.ReLU6() if case == 'relu6' else nn.ReLU()
+    act = nn.Hardtanh(0, 4) if case == 'hardtanh' else nn.ReLU()
     if case == 'norm training':
         norm.train()
     if case == 'hook on norm':
@@ -163,22 +181,35 @@ def test_steps_aside(case, monkeypatch, spy):
     assert _error(got, expected) < 1e-12
 
 
+BACKBONES = {
+    'odconv-1x resnet50': dict(type='mmdyn.ODResNet', depth=50,
+                               base_channels=8, kernel_num=1),
+    'odconv-4x resnet50': dict(type='mmdyn.ODResNet', depth=50,
+                               base_channels=8, kernel_num=4),
+    'odconv-1x mobilenetv2': dict(type='mmdyn.ODMobileNetV2',
+                                  widen_factor=0.25, kernel_num=1),
+    'dyconv mobilenetv2': dict(type='mmdyn.DyConvMobileNetV2',
+                               widen_factor=0.25),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('kernel_num', [1, 4])
-def test_resnet_equals_its_layers_operations(kernel_num, large_batch, spy):
-    """A ResNet-50 with ODConv (1x, 4x) in eval mode: every block through the
-    kernel's epilogue equals MMDetection's blocks with the layers' PyTorch
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_backbone_equals_its_layers_operations(name, large_batch, spy):
+    """A backbone in eval mode: every block through the kernel's epilogue
+    (the ResNet's norms, residuals and ReLUs; MobileNetV2's norms, ReLU6s
+    and residuals) equals MMDetection's blocks with the layers' PyTorch
     operations."""
     torch.manual_seed(0)
-    model = MODELS.build(dict(type='mmdyn.ODResNet', depth=50,
-                              base_channels=8,
-                              kernel_num=kernel_num)).double()
+    model = MODELS.build(BACKBONES[name]).double()
     model.init_weights()
     for norm in model.modules():
         if isinstance(norm, nn.BatchNorm2d):
             with torch.no_grad():
                 norm.running_mean.normal_(0, 0.2)
                 norm.running_var.uniform_(0.5, 2.0)
+                if 'mobilenet' in name:  # so that ReLU6 caps some outputs
+                    norm.weight.mul_(4)
     model.eval().requires_grad_(False)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():

@@ -40,7 +40,7 @@ CONV = dict(KW=3, TAPS=9, TF32=False, BM=128, BN=128, BK=32)
 #: the forward's terms, all off: the per-sample conv's own launch
 FORWARD = dict(HAS_CHAN=False, HAS_TAP=False, HAS_FILT=False, HAS_BIAS=True,
                LOW_RANK=False, LP=16, TC=4, HAS_NORM=False, HAS_RES=False,
-               RELU=False)
+               RELU=False, RELU_CAP=0.0)
 CONV_KERNELS = {
     'per_sample_conv_kernels.conv_fwd': dict(CONV, **FORWARD),
     'per_sample_conv_kernels.conv_bwd_input': CONV,
@@ -52,7 +52,8 @@ CONV_KERNELS = {
 SCALED = dict(CONV, **dict(FORWARD, HAS_CHAN=True, HAS_TAP=True,
                            HAS_FILT=True, BK=64))
 #: and with the block's norm, residual and ReLU after it (conv_norm.py)
-EPILOGUE = dict(SCALED, HAS_NORM=True, HAS_RES=True, RELU=True)
+EPILOGUE = dict(SCALED, HAS_NORM=True, HAS_RES=True, RELU=True,
+                RELU_CAP=6.0)
 LOW_RANK = dict(CONV, **dict(FORWARD, HAS_FILT=True, LOW_RANK=True, LP=64))
 ATTENTIONS = ('chan', 'tap', 'filt', 'bias')
 

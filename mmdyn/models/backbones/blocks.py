@@ -2,10 +2,12 @@
 operations after it applied by :func:`mmdyn.ops.conv_norm.conv_norm_act`: a
 dynamic conv's per-sample bias (DCD, where its fused op folds it) is then
 added by the eval-mode BatchNorm, in the pass that the norm makes anyway,
-and ODConv (1x)'s inference kernel applies the norm, the residual and the
-ReLU as it writes its output.
+and at inference at a large batch the per-sample conv's kernel applies the
+norm, the residual and the ReLU (ReLU6) as it writes its output.
 The layers, names and arguments are MMDetection's; with any other conv or
 norm they compute exactly what MMDetection's blocks do."""
+from typing import Optional
+
 import torch.utils.checkpoint as cp
 from mmcv.cnn import ConvModule
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
@@ -65,18 +67,25 @@ class DynamicBottleneck(Bottleneck):
 DYNAMIC_BLOCKS = {BasicBlock: DynamicBasicBlock, Bottleneck: DynamicBottleneck}
 
 
-def conv_module_forward(module: ConvModule, x: Tensor) -> Tensor:
-    """``module(x)`` for mmcv's ConvModule, with the conv's per-sample bias
-    handed to the norm where they come in that order (and without explicit
-    padding, mmcv's ``efficient_conv_bn_eval`` or hooks, which only
-    ``module(x)`` runs)."""
+def conv_module_forward(module: ConvModule, x: Tensor,
+                        residual: Optional[Tensor] = None) -> Tensor:
+    """``module(x) + residual`` (no residual where None) for mmcv's
+    ConvModule, through :func:`~mmdyn.ops.conv_norm.conv_norm_act` where
+    the conv and norm come in that order (and without explicit padding,
+    mmcv's ``efficient_conv_bn_eval`` or hooks, which only ``module(x)``
+    runs); the residual goes there too where no activation follows the
+    norm."""
     if has_hooks([module]) or not (
             module.with_norm and not module.with_explicit_padding
             and tuple(module.order[:2]) == ('conv', 'norm')
             and getattr(module, 'efficient_conv_bn_eval_forward',
                         None) is None):
-        return module(x)
-    if module.with_activation and module.order[2] == 'act':
-        return conv_norm_act(module.conv, module.norm, x,
-                             act=module.activate)
-    return conv_norm_act(module.conv, module.norm, x)
+        out = module(x)
+    elif module.with_activation and module.order[2] == 'act':
+        out = conv_norm_act(module.conv, module.norm, x,
+                            act=module.activate)
+    elif not module.with_activation:
+        return conv_norm_act(module.conv, module.norm, x, residual)
+    else:
+        out = conv_norm_act(module.conv, module.norm, x)
+    return out if residual is None else out + residual

@@ -59,8 +59,9 @@ class DynamicInvertedResidual(InvertedResidual):
             out = conv_module_forward(self.expand_conv, x) \
                 if self.with_expand_conv else x
             out = conv_module_forward(self.depthwise_conv, out)
-            out = conv_module_forward(self.linear_conv, out)
-            return x + out if self.with_res_shortcut else out
+            return conv_module_forward(
+                self.linear_conv, out,
+                x if self.with_res_shortcut else None)
 
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(inner_forward, x, use_reentrant=False)
