@@ -75,18 +75,22 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     At inference at a large batch (above
     :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, nothing needs a gradient),
     where the conv's output comes from the per-sample conv's forward kernel
-    (ODConv (1x) through :mod:`.scaled_weight_conv`, a layer with
-    per-sample weights through :mod:`.per_sample_conv`) and ``norm`` is a
+    (ODConv (1x) through :mod:`.scaled_weight_conv`, DCD through
+    :mod:`.dcd_conv`, a layer with per-sample weights through
+    :mod:`.per_sample_conv`) and ``norm`` is a
     BatchNorm in eval mode, the kernel applies the norm as its affine map,
     adds the residual and applies the activation as it writes the conv's
     output, instead of each making a pass of its own over it."""
-    from ..layers.odconv import ODConv2d
+    from ..layers import DCDConv2d, ODConv2d
+    from . import dcd_conv as low_rank
     if _epilogue_applies(conv, norm, x, residual, act):
         epilogue = Epilogue(*norm_affine(norm), residual,
                             relu=act is not None,
                             relu_cap=6.0 if type(act) is nn.ReLU6 else None)
         if isinstance(conv, ODConv2d) and scaled.applies(conv, x):
             return scaled.layer_forward(conv, x, epilogue)
+        if isinstance(conv, DCDConv2d) and low_rank.applies(conv, x):
+            return low_rank.dcd_conv(conv, x, epilogue)
         folded = conv.per_sample_weights(x)
         if folded is not None:
             weight, bias = folded

@@ -23,7 +23,8 @@ from .._compat import BatchNormBase
 from .conv_norm import norm_affine
 from .dispatch import (as_conv_operands, folding_pays, inference_pays,
                        may_fuse, needs_grad, outside_autocast)
-from .per_sample_conv import Geometry, LowRank, conv_forward, kernels_take
+from .per_sample_conv import (Epilogue, Geometry, LowRank, conv_forward,
+                              kernels_take)
 
 
 def applies(layer, x: Tensor) -> bool:
@@ -49,9 +50,9 @@ def applies(layer, x: Tensor) -> bool:
             x, half_precision=False) and kernels_take(x, [layer.conv.weight])
 
 
-def dcd_conv(layer, x: Tensor) -> Tensor:
+def dcd_conv(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     """The output of :class:`~mmdyn.layers.DCDConv2d` ``layer`` for input
-    ``x``; call where :func:`applies`.
+    ``x``, then the ``epilogue``; call where :func:`applies`.
 
     With ``z = bn1(Q^T x) = s1 Q^T x + h1`` on the centre tap, the residual
     ``bn2(Phi z) + z = M z + h2`` with ``M = diag(s2) Phi + I``, so it is
@@ -69,4 +70,5 @@ def dcd_conv(layer, x: Tensor) -> Tensor:
     with outside_autocast(x):
         return conv_forward(
             x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
-            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual)
+            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual,
+            epilogue=epilogue)

@@ -9,15 +9,16 @@ import torch
 from mmdet.registry import MODELS
 from torch import nn
 
-from layer_cases import (PRECISION_TOLERANCE, make_layer, relative_error,
-                         triton_runs_here)
-from mmdyn.layers import ODConv2d
+from layer_cases import (PRECISION_TOLERANCE, make_layer, randomize,
+                         relative_error, triton_runs_here)
+from mmdyn.layers import DCDConv2d, DyConv2d, ODConv2d
+from mmdyn.ops import dcd_conv as low_rank
 from mmdyn.ops import fused_ops
 from mmdyn.ops import per_sample_conv as per_sample
 from mmdyn.ops import scaled_weight_conv as scaled
 from mmdyn.ops.conv_norm import conv_norm_act
-from reference import (condconv_reference, dyconv_reference,
-                       odconv_reference)
+from reference import (condconv_reference, dcd_reference,
+                       dyconv_reference, odconv_reference)
 
 pytestmark = pytest.mark.skipif(
     not triton_runs_here(),
@@ -31,6 +32,7 @@ class EpilogueSpy:
         self.calls = 0
         forward = scaled.layer_forward
         conv = per_sample.per_sample_conv
+        dcd = low_rank.dcd_conv
 
         def counted_forward(layer, x, *epilogue):
             self.calls += bool(epilogue)
@@ -40,7 +42,12 @@ class EpilogueSpy:
             self.calls += epilogue is not None
             return conv(x, weight, bias, geometry, epilogue)
 
+        def counted_dcd(layer, x, *epilogue):
+            self.calls += bool(epilogue)
+            return dcd(layer, x, *epilogue)
+
         monkeypatch.setattr(scaled, 'layer_forward', counted_forward)
+        monkeypatch.setattr(low_rank, 'dcd_conv', counted_dcd)
         monkeypatch.setattr(per_sample, 'per_sample_conv', counted_conv)
 
 
@@ -101,9 +108,10 @@ def test_equals_norm_residual_relu_of_reference(geometry, residual, relu,
     assert _error(got, _expected(layer, norm, x, identity, relu)) < 1e-8
 
 
-PER_SAMPLE_WEIGHTS = {'odconv-4x-fused': odconv_reference,
-                      'dyconv': dyconv_reference,
-                      'condconv': condconv_reference}
+OTHER_LAYERS = {'odconv-4x-fused': odconv_reference,
+                'dyconv': dyconv_reference,
+                'condconv': condconv_reference,
+                'dcd-fused': dcd_reference}
 
 
 @pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'dyconv'])
@@ -117,29 +125,31 @@ def test_relu6_caps_at_six(layer_name, large_batch, spy):
         got = conv_norm_act(layer, norm, x, None, nn.ReLU6())
     assert spy.calls == 1
     relu = _expected(layer, norm, x, None, True,
-                     reference=PER_SAMPLE_WEIGHTS.get(layer_name,
-                                                      odconv_reference))
+                     reference=OTHER_LAYERS.get(layer_name,
+                                                odconv_reference))
     assert relu.max() > 7
     assert _error(got, relu.clamp(max=6)) < 1e-8
     assert _error(got, relu) > 1e-3
 
 
-@pytest.mark.parametrize('layer_name', list(PER_SAMPLE_WEIGHTS))
+@pytest.mark.parametrize('layer_name', list(OTHER_LAYERS))
 @pytest.mark.parametrize('geometry', ['1x1', '3x3-stride2'])
-def test_per_sample_weights_equal_the_reference(layer_name, geometry,
-                                                large_batch, spy):
+def test_other_layers_equal_the_reference(layer_name, geometry, large_batch,
+                                          spy):
     """Layers with weights of their own per sample (ODConv (4x), DyConv,
-    CondConv, with a bias each) through the per-sample conv's kernel."""
+    CondConv) through the per-sample conv's kernel, and DCD through its
+    own; with a bias each."""
     layer, norm, x, identity = _case(geometry, layer_name)
     with torch.no_grad(), fused_ops('always'):
         got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
     assert spy.calls == 1
     expected = _expected(layer, norm, x, identity, True,
-                         reference=PER_SAMPLE_WEIGHTS[layer_name])
+                         reference=OTHER_LAYERS[layer_name])
     assert _error(got, expected) < 1e-8
 
 
-@pytest.mark.parametrize('layer_name', ['odconv-1x-fused', 'dyconv'])
+@pytest.mark.parametrize('layer_name',
+                         ['odconv-1x-fused', 'dyconv', 'dcd-fused'])
 @pytest.mark.parametrize('drop', ['shift', 'residual', 'relu'])
 def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
     """Negative checks: the comparison sees the output differ from one
@@ -149,14 +159,14 @@ def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
         got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
     assert spy.calls == 1
     mutant = _expected(layer, norm, x, identity, True, drop=drop,
-                       reference=PER_SAMPLE_WEIGHTS.get(layer_name,
-                                                        odconv_reference))
+                       reference=OTHER_LAYERS.get(layer_name,
+                                                  odconv_reference))
     assert _error(got, mutant) > 1e-3
 
 
 @pytest.mark.parametrize('case', [
     'norm training', 'hook on norm', 'hardtanh', 'norm needs a gradient',
-    'grouped', 'dcd', 'small batch', 'mode off'])
+    'grouped', 'small batch', 'mode off'])
 def test_steps_aside(case, monkeypatch, spy):
     """Where no kernel takes the layer, the norm or activation is not one
     it can apply, or a gradient is wanted, the block's own operations
@@ -166,8 +176,7 @@ def test_steps_aside(case, monkeypatch, spy):
         monkeypatch.setattr(dispatch, 'MAX_FOLD_BATCH', 1)
     layer, norm, x, identity = _case(
         '3x3-grouped' if case == 'grouped' else '3x3',
-        {'grouped': 'dyconv', 'dcd': 'dcd-fused'}.get(case,
-                                                      'odconv-1x-fused'))
+        'dyconv' if case == 'grouped' else 'odconv-1x-fused')
     act = nn.Hardtanh(0, 4) if case == 'hardtanh' else nn.ReLU()
     if case == 'norm training':
         norm.train()
@@ -186,6 +195,7 @@ BACKBONES = {
                                base_channels=8, kernel_num=1),
     'odconv-4x resnet50': dict(type='mmdyn.ODResNet', depth=50,
                                base_channels=8, kernel_num=4),
+    'dcd resnet50': dict(type='mmdyn.DCDResNet', depth=50, base_channels=8),
     'odconv-1x mobilenetv2': dict(type='mmdyn.ODMobileNetV2',
                                   widen_factor=0.25, kernel_num=1),
     'dyconv mobilenetv2': dict(type='mmdyn.DyConvMobileNetV2',
@@ -222,30 +232,45 @@ def test_backbone_equals_its_layers_operations(name, large_batch, spy):
         assert _error(got, expected) < 1e-9
 
 
+#: the layers a ResNet's stage-2 3x3 can be, as the GPU test builds them
+GPU_LAYERS = {'odconv-1x': lambda: ODConv2d(128, 128, 3, padding=1),
+              'dyconv': lambda: DyConv2d(128, 128, 3, padding=1),
+              'dcd': lambda: DCDConv2d(128, 128, 3, padding=1)}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize('precision', ['float16', 'bfloat16'])
+@pytest.mark.parametrize('layer_name', list(GPU_LAYERS))
+@pytest.mark.parametrize('precision', ['tf32', 'float16', 'bfloat16'])
 @pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
-def test_gpu_half_precision_within_tolerance(precision, layout, large_batch,
-                                             spy):
-    """The stage-2 3x3 of a ResNet at 16 images under autocast, with the
-    residual in the autocast dtype as a block passes it: the epilogue runs
-    and stays within ``PRECISION_TOLERANCE`` of the float32 reference."""
+def test_gpu_within_tolerance(layer_name, precision, layout, large_batch,
+                              spy):
+    """The stage-2 3x3 of a ResNet at 16 images in TF32 or under autocast,
+    with the residual in the dtype a block passes it: the epilogue runs
+    (DCD's kernel only outside autocast) and stays within
+    ``PRECISION_TOLERANCE`` of the float32 reference."""
     torch.manual_seed(0)
-    layer = ODConv2d(128, 128, 3, padding=1).cuda().eval()
-    layer.requires_grad_(False)
+    layer = GPU_LAYERS[layer_name]()
+    randomize(layer)
+    layer = layer.cuda().eval().requires_grad_(False)
+    reference = {'odconv-1x': odconv_reference, 'dyconv': dyconv_reference,
+                 'dcd': dcd_reference}[layer_name]
     norm = _norm(128).float().cuda()
     x = torch.randn(16, 128, 28, 28, device='cuda')
     identity = torch.randn(16, 128, 28, 28, device='cuda')
     if layout == 'channels-last':
         x = x.contiguous(memory_format=torch.channels_last)
         identity = identity.contiguous(memory_format=torch.channels_last)
-    dtype = getattr(torch, precision)
+    dtype = getattr(torch, precision, torch.float32)
     torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
-        expected = _expected(layer, norm, x, identity, True)
-        with torch.autocast('cuda', dtype=dtype):
+        expected = _expected(layer, norm, x, identity, True,
+                             reference=reference)
+        torch.backends.cudnn.allow_tf32 = precision == 'tf32'
+        with torch.autocast('cuda', dtype=dtype,
+                            enabled=dtype != torch.float32):
             got = conv_norm_act(layer, norm, x, identity.to(dtype),
                                 nn.ReLU(inplace=True))
-    assert spy.calls == 1
+    torch.backends.cudnn.allow_tf32 = False
+    assert spy.calls == (layer_name != 'dcd' or dtype == torch.float32)
     assert got.dtype == dtype
     assert _error(got.float(), expected) < PRECISION_TOLERANCE[precision]
