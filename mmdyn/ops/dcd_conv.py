@@ -11,18 +11,17 @@ residual, whose latent features it gathers from the input tiles it reads
 for the centre tap anyway: the output is written once, and no per-sample
 weight exists.
 
-It pays in float32 (TF32); in half precision (autocast) the layer's own
-operations are faster (``docs/speed.md``). Forward only: it takes the
-layer's forward where nothing needs a gradient (inference, or a frozen
-layer and input).
+Forward only: it takes the layer's forward where nothing needs a gradient
+(inference, or a frozen layer and input), in float32 (TF32) and under
+autocast.
 """
 import torch
 from torch import Tensor
 
 from .._compat import BatchNormBase
 from .conv_norm import norm_affine
-from .dispatch import (as_conv_operands, folding_pays, inference_pays,
-                       may_fuse, needs_grad, outside_autocast)
+from .dispatch import (as_conv_operands, folding_pays, may_fuse,
+                       needs_grad, outside_autocast)
 from .per_sample_conv import (Epilogue, Geometry, LowRank, conv_forward,
                               kernels_take)
 
@@ -33,8 +32,7 @@ def applies(layer, x: Tensor) -> bool:
     statistics in eval mode (as with ``norm_eval=True``), a batch above
     :data:`~mmdyn.ops.dispatch.MAX_FOLD_BATCH`, no gradient wanted of the
     output, :func:`~mmdyn.ops.dispatch.may_fuse` allows a fused op (for
-    the convs and BatchNorms it stands in for), outside autocast
-    (:func:`~mmdyn.ops.dispatch.inference_pays`) and the kernels take the
+    the convs and BatchNorms it stands in for) and the kernels take the
     dtypes (:func:`~.per_sample_conv.kernels_take`)."""
     # may_fuse first: it refuses while a model is traced or exported, before
     # a test of the batch size would fix it in the traced graph
@@ -46,8 +44,8 @@ def applies(layer, x: Tensor) -> bool:
     return all(
         isinstance(bn, BatchNormBase) and not bn.training
         and bn.running_var is not None
-        for bn in (layer.bn1, layer.bn2)) and inference_pays(
-            x, half_precision=False) and kernels_take(x, [layer.conv.weight])
+        for bn in (layer.bn1, layer.bn2)) and kernels_take(
+            x, [layer.conv.weight])
 
 
 def dcd_conv(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:

@@ -147,15 +147,6 @@ def needs_grad(module: nn.Module, x: Tensor) -> bool:
         p.requires_grad for p in module.parameters()))
 
 
-def inference_pays(x: Tensor, half_precision: bool) -> bool:
-    """Whether an inference op measured to pay in half precision (autocast)
-    if ``half_precision``, else outside autocast, runs for input ``x``; in
-    Triton's CPU interpreter also outside autocast, where the tests hold it
-    to the reference in float64."""
-    autocast = torch.is_autocast_enabled(x.device.type)
-    return autocast == half_precision or (not x.is_cuda and not autocast)
-
-
 def compute_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The dtype a fused op computes in for input ``x`` (that of the
     parameters it reads), or None where no fused op runs: ``x``'s own,

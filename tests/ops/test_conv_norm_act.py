@@ -246,7 +246,7 @@ def test_gpu_within_tolerance(layer_name, precision, layout, large_batch,
                               spy):
     """The stage-2 3x3 of a ResNet at 16 images in TF32 or under autocast,
     with the residual in the dtype a block passes it: the epilogue runs
-    (DCD's kernel only outside autocast) and stays within
+    and stays within
     ``PRECISION_TOLERANCE`` of the float32 reference."""
     torch.manual_seed(0)
     layer = GPU_LAYERS[layer_name]()
@@ -271,6 +271,6 @@ def test_gpu_within_tolerance(layer_name, precision, layout, large_batch,
             got = conv_norm_act(layer, norm, x, identity.to(dtype),
                                 nn.ReLU(inplace=True))
     torch.backends.cudnn.allow_tf32 = False
-    assert spy.calls == (layer_name != 'dcd' or dtype == torch.float32)
+    assert spy.calls == 1
     assert got.dtype == dtype
     assert _error(got.float(), expected) < PRECISION_TOLERANCE[precision]
