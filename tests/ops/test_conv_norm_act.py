@@ -20,9 +20,15 @@ from mmdyn.ops.conv_norm import conv_norm_act
 from reference import (condconv_reference, dcd_reference,
                        dyconv_reference, odconv_reference)
 
-pytestmark = pytest.mark.skipif(
-    not triton_runs_here(),
-    reason='needs Triton (triton >= 3.9 for its CPU interpreter)')
+
+@pytest.fixture(autouse=True)
+def _triton_runs_here(request):
+    """The CPU tests need Triton's CPU interpreter (triton >= 3.9), the
+    ``gpu`` ones Triton on CUDA."""
+    device = 'cuda' if request.node.get_closest_marker('gpu') else 'cpu'
+    if not triton_runs_here(device):
+        pytest.skip(f'needs Triton on {device} (on the CPU: triton >= 3.9 '
+                    'for its interpreter)')
 
 
 class EpilogueSpy:
