@@ -1,5 +1,5 @@
-"""A dynamic conv's per-sample bias added by the eval-mode BatchNorm after
-it: ``norm(conv(x))`` in one pass over the conv's output fewer.
+"""A block's conv and the operations after it (its eval-mode BatchNorm,
+the residual, a ReLU) with fewer passes over the conv's output.
 
 Where DCD's fused op folds a layer into per-sample weights (Eq. 4 of the
 DCD paper), every sample also gets a bias, which the grouped convolution
@@ -8,11 +8,16 @@ the conv is an affine map per channel, ``bn(v) = a * v + c``, so
 
     ``bn(out + b) = a * out + (a * b + c)``
 
-is one pass over ``out``, the one a static conv's BatchNorm makes (the
-measurement that kept it: ``docs/speed.md``). Autograd differentiates the
-affine form: the
-gradients reach ``out``, the bias and the BatchNorm's weight and bias as
-they would through ``norm(conv(x))``.
+is one pass over ``out``, the one a static conv's BatchNorm makes
+(:func:`conv_then_norm`; the measurement that kept it: ``docs/speed.md``).
+Autograd differentiates the affine form: the gradients reach ``out``, the
+bias and the BatchNorm's weight and bias as they would through
+``norm(conv(x))``.
+
+At inference at a large batch, where the per-sample conv's forward kernel
+computes the layer, the same affine map, the residual and the ReLU are
+applied by that kernel as it writes the output (:func:`conv_norm_act`):
+none of them makes a pass of its own.
 """
 from typing import Optional, Tuple
 
@@ -77,10 +82,10 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     where the conv's output comes from the per-sample conv's forward kernel
     (ODConv (1x) through :mod:`.scaled_weight_conv`, DCD through
     :mod:`.dcd_conv`, a layer with per-sample weights through
-    :mod:`.per_sample_conv`) and ``norm`` is a
-    BatchNorm in eval mode, the kernel applies the norm as its affine map,
-    adds the residual and applies the activation as it writes the conv's
-    output, instead of each making a pass of its own over it."""
+    :mod:`.per_sample_conv`) and ``norm`` is a BatchNorm in eval mode, the
+    kernel applies the norm as its affine map, adds the residual and
+    applies the activation as it writes the conv's output, instead of each
+    making a pass of its own over it."""
     from ..layers import DCDConv2d, ODConv2d
     from . import dcd_conv as low_rank
     if _epilogue_applies(conv, norm, x, residual, act):
