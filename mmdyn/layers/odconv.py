@@ -114,8 +114,8 @@ class ODConv2d(BaseDynamicConv2d):
     (:mod:`mmdyn.ops.odconv_weights`: CUDA, eval-mode attention BatchNorm,
     see :func:`mmdyn.ops.may_fuse`), all four attentions are folded into
     per-sample weights by a few Triton kernels instead; at inference on a
-    large batch in half precision, a layer with one weight has them applied
-    inside the conv kernel (:mod:`mmdyn.ops.scaled_weight_conv`).
+    large batch, a layer with one weight has them applied inside the conv
+    kernel (:mod:`mmdyn.ops.scaled_weight_conv`).
 
     Args:
         kernel_num (int): Number of weights n ("1x" or "4x" in the paper).

@@ -6,10 +6,12 @@ Each op is a module with an ``applies`` function and the computation
 itself: :mod:`.odconv_weights` (ODConv's attentions and per-sample weights),
 :mod:`.dcd_weights` (DCD's per-sample weights and biases),
 :mod:`.conv_norm` (those biases added by the eval-mode BatchNorm after the
-conv), :mod:`.per_sample_conv` (per-sample weights applied at large
-batches), and for inference at large batches :mod:`.scaled_weight_conv`
-(ODConv with one weight, its attentions applied inside the conv kernel)
-and :mod:`.dcd_conv` (DCD's Eq. 4 in the same kernel).
+conv; at inference at large batches, the block's norm, residual and ReLU
+applied by the conv kernel as it writes), :mod:`.per_sample_conv`
+(per-sample weights applied at large batches), and for inference at
+large batches :mod:`.scaled_weight_conv` (ODConv with one weight, its
+attentions applied inside the conv kernel) and :mod:`.dcd_conv` (DCD's
+Eq. 4 in the same kernel).
 :mod:`.block_diagonal_conv` has no kernel of its own: it applies per-sample
 1x1 weights at two images as one dense cuDNN conv, and asks the same
 dispatch. The layers in :mod:`mmdyn.layers` and the backbones' blocks call
