@@ -14,7 +14,7 @@ does its work once however often it is called.
 import functools
 import pickle
 import warnings
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +86,14 @@ def foreach_copy_(targets: List[Tensor], sources: List[Tensor]) -> None:
             target.copy_(source)
     else:
         copy(targets, sources)
+
+
+def version_counter(tensor: Tensor) -> Optional[int]:
+    """How many times ``tensor``'s data was changed in place (its
+    ``_version``, which every in-place operation increments; checked:
+    torch 2.6-2.13), or None where PyTorch has no such counter: then
+    nothing kept for a tensor's values may be taken as current."""
+    return getattr(tensor, '_version', None)
 
 
 # ------------------------------------------------------------------ numpy

@@ -19,8 +19,15 @@ def global_avg_pool(x: Tensor,
     gradient, where that of ``mean`` writes a full-size tensor (one pass
     over the activations per layer). Not while ``torch.jit`` traces (as
     MMEngine's FLOP counter does, with or without gradients): the trace
-    then shows one mean, counted the same in both modes."""
+    then shows one mean, counted the same in both modes.
+
+    Where the conv kernel that wrote ``x`` kept its sums over the pixels
+    (:mod:`mmdyn.ops.pixel_sums`), the mean is taken from those."""
+    from ..ops.pixel_sums import recall  # the ops import this module
     dtype = x.dtype if dtype is None else dtype
+    kept = recall(x)
+    if kept is not None:
+        return (kept / (x.shape[2] * x.shape[3])).to(dtype)
     accumulate = accumulation_dtype(x.dtype)
     if (x.requires_grad and torch.is_grad_enabled()
             and not torch.jit.is_tracing()):

@@ -91,7 +91,8 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     if _epilogue_applies(conv, norm, x, residual, act):
         epilogue = Epilogue(*norm_affine(norm), residual,
                             relu=act is not None,
-                            relu_cap=6.0 if type(act) is nn.ReLU6 else None)
+                            relu_cap=6.0 if type(act) is nn.ReLU6 else None,
+                            keep_sums=True)
         if isinstance(conv, ODConv2d) and scaled.applies(conv, x):
             return scaled.layer_forward(conv, x, epilogue)
         if isinstance(conv, DCDConv2d) and low_rank.applies(conv, x):

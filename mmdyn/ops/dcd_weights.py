@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import (conv_dtype, folding_pays, may_fuse,
-                       outside_autocast, pixel_sums)
+from .dispatch import conv_dtype, folding_pays, may_fuse, outside_autocast
+from .pixel_sums import pixel_sums
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest dynamic branch and largest latent space the kernels take.

@@ -159,12 +159,6 @@ def compute_dtype(x: Tensor) -> Optional[torch.dtype]:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else None
 
 
-def pixel_sums(x: Tensor) -> Tensor:
-    """The sums over H and W of ``x`` (B, C, H, W) as (B, C), in the
-    dtype a fused op computes in (:func:`compute_dtype`)."""
-    return x.sum(dim=(2, 3), dtype=compute_dtype(x))
-
-
 def conv_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The dtype autocast casts a conv's operands to for input ``x``, or
     None where autocast is off on ``x``'s device."""

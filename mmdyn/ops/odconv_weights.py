@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._compat import BatchNormBase
-from .dispatch import (conv_dtype, folding_pays, may_fuse,
-                       outside_autocast, pixel_sums)
+from .dispatch import conv_dtype, folding_pays, may_fuse, outside_autocast
+from .pixel_sums import pixel_sums
 from .triton_utils import accumulator, cdiv, next_pow2
 
 #: Widest attention branch the backward kernel takes in one tile.

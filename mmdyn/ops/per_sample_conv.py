@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..layers.functional import accumulation_dtype, conv_output_size
+from . import pixel_sums
 from .block_diagonal_conv import BATCH as BLOCK_DIAGONAL_BATCH
 from .dispatch import (as_conv_operands, conv_dtype, folding_pays,
                        may_fuse, outside_autocast)
@@ -161,12 +162,15 @@ class Epilogue(NamedTuple):
     """The block's operations after a conv, applied as the kernel writes
     the conv's output: ``relu(norm_scale * y + norm_shift + residual)``,
     capped at ``relu_cap`` (ReLU6: 6.0), each part only where given (None;
-    ``relu`` False)."""
+    ``relu`` False). With ``keep_sums``, the kernel also keeps the sums of
+    the output over each channel's pixels, for the attention of the layer
+    that reads it next (:mod:`.pixel_sums`)."""
     norm_scale: Optional[Tensor] = None  # (CO,): an eval-mode norm's scale
     norm_shift: Optional[Tensor] = None  # (CO,): and shift
     residual: Optional[Tensor] = None  # (B, CO, OH, OW), rows dense
     relu: bool = False
     relu_cap: Optional[float] = None
+    keep_sums: bool = False
 
 
 class LowRank(NamedTuple):
@@ -216,9 +220,12 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     residual = epilogue.residual
     if residual is not None and not _rows_dense(residual):
         residual = residual.contiguous(memory_format=torch.channels_last)
+    sums = torch.empty((batch, grid[0], out_channels), device=x.device,
+                       dtype=accumulation_dtype(x.dtype)) \
+        if epilogue.keep_sums else None
     kernels.conv_fwd[grid](
         x, weights, *[weights if t is None else t for t in terms + norm],
-        y if residual is None else residual, y,
+        y if residual is None else residual, y, y if sums is None else sums,
         channels, height, width, out_channels, out_h, out_w, out_h * out_w,
         latent, *x.stride(), 0 if shared else weights.stride(0),
         *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
@@ -230,7 +237,10 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
         HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
         RELU=epilogue.relu, RELU_CAP=float(epilogue.relu_cap or 0),
-        TF32=_tf32(x), ACC=accumulator(x.dtype), **tiles)
+        SUMS=sums is not None, TF32=_tf32(x), ACC=accumulator(x.dtype),
+        **tiles)
+    if sums is not None:
+        pixel_sums.keep(y, sums)
     return y
 
 

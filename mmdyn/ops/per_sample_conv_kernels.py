@@ -32,7 +32,7 @@ def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
-             norm_h, res, y, C, H, W, CO, OH, OW, NP, L, stride_xb,
+             norm_h, res, y, sums, C, H, W, CO, OH, OW, NP, L, stride_xb,
              stride_xc, stride_xh, stride_xw, stride_wb, stride_wo,
              stride_wc, stride_wt, stride_yb, stride_yc, stride_yp,
              stride_rb, stride_rc, stride_rp, SH, SW, PH, PW, DH, DW,
@@ -43,8 +43,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
              LOW_RANK: tl.constexpr, LP: tl.constexpr, TC: tl.constexpr,
              HAS_NORM: tl.constexpr, HAS_RES: tl.constexpr,
              RELU: tl.constexpr, RELU_CAP: tl.constexpr,
-             TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, ACC: tl.constexpr):
+             SUMS: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr,
+             BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """``y[o, p] = filt[o] sum_{c, t} w'[o, c, t] x[c, p shifted by tap t]
     (+ r[o, p]) (+ bias[o])`` for a (BM output pixels, BN output channels)
     tile, each term and factor only where its flag is set:
@@ -68,7 +68,11 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
       (contiguous (CO,)), then ``HAS_RES`` the residual ``res`` (B, CO, OH,
       OW; strides ``stride_rb``, ``stride_rc``, ``stride_rp`` as ``y``'s)
       added, then ``RELU``, capped at ``RELU_CAP`` where it is not 0
-      (ReLU6).
+      (ReLU6);
+    - ``SUMS``: the tile's sums over its pixels of the output as written
+      (in ``y``'s dtype), one per channel, stored to ``sums`` (B, tiles
+      along the pixels, CO), contiguous, in the accumulator's dtype: what
+      the next layer's attention pools (:mod:`mmdyn.ops.pixel_sums`).
 
     ``NP = OH * OW``; ``FLAT``: output pixel ``p`` reads input pixel ``p``
     (a 1x1 filter, stride 1, no padding, the input's rows ``W *
@@ -153,10 +157,15 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
         acc = tl.maximum(acc, 0)
         if RELU_CAP != 0:
             acc = tl.minimum(acc, RELU_CAP)
+    out = acc.to(y.dtype.element_ty)
     tl.store(y + b * stride_yb + p[:, None] * stride_yp +
              o[None, :] * stride_yc,
-             acc.to(y.dtype.element_ty),
-             mask=p_in[:, None] & o_in[None, :])
+             out, mask=p_in[:, None] & o_in[None, :])
+    if SUMS:
+        part = sums + (b * tl.num_programs(0) + tl.program_id(0)) * CO
+        tl.store(part + o,
+                 tl.sum(tl.where(p_in[:, None], out.to(ACC), 0), axis=0),
+                 mask=o_in)
 
 
 @triton.jit

@@ -11,6 +11,7 @@ from torch import nn
 import mmdyn.ops.dispatch as dispatch
 from layer_cases import triton_runs_here
 from mmdyn.ops import fused_ops, fused_ops_mode, may_fuse, set_fused_ops
+from mmdyn.ops.pixel_sums import pixel_sums
 
 needs_triton = pytest.mark.skipif(
     not triton_runs_here(),
@@ -86,7 +87,7 @@ def test_under_autocast_the_ops_compute_in_float32():
         for inp in (x, x.bfloat16(), x.half()):
             assert dispatch.compute_dtype(inp) == torch.float32
             assert may_fuse(inp, tensors, modules)
-            assert dispatch.pixel_sums(inp).dtype == torch.float32
+            assert pixel_sums(inp).dtype == torch.float32
         assert not may_fuse(x, [t.bfloat16() for t in tensors], modules)
         assert not may_fuse(x.double(), tensors, modules)
     assert dispatch.compute_dtype(x.bfloat16()) is None

@@ -40,7 +40,7 @@ CONV = dict(KW=3, TAPS=9, TF32=False, BM=128, BN=128, BK=32)
 #: the forward's terms, all off: the per-sample conv's own launch
 FORWARD = dict(HAS_CHAN=False, HAS_TAP=False, HAS_FILT=False, HAS_BIAS=True,
                LOW_RANK=False, LP=16, TC=4, HAS_NORM=False, HAS_RES=False,
-               RELU=False, RELU_CAP=0.0)
+               RELU=False, RELU_CAP=0.0, SUMS=False)
 CONV_KERNELS = {
     'per_sample_conv_kernels.conv_fwd': dict(CONV, **FORWARD),
     'per_sample_conv_kernels.conv_bwd_input': CONV,
@@ -51,9 +51,10 @@ CONV_KERNELS = {
 #: and weights) and dcd_conv.py (the latent residual, in float32)
 SCALED = dict(CONV, **dict(FORWARD, HAS_CHAN=True, HAS_TAP=True,
                            HAS_FILT=True, BK=64))
-#: and with the block's norm, residual and ReLU after it (conv_norm.py)
+#: and with the block's norm, residual and ReLU after it, keeping the
+#: output's pixel sums (conv_norm.py)
 EPILOGUE = dict(SCALED, HAS_NORM=True, HAS_RES=True, RELU=True,
-                RELU_CAP=6.0)
+                RELU_CAP=6.0, SUMS=True)
 LOW_RANK = dict(CONV, **dict(FORWARD, HAS_FILT=True, LOW_RANK=True, LP=64))
 ATTENTIONS = ('chan', 'tap', 'filt', 'bias')
 
@@ -122,7 +123,8 @@ def test_every_kernel_compiles_for_sm90():
     for pointer in ('*fp16', '*bf16'):
         pointers = dict({k: '*fp32' for k in ATTENTIONS}, **{'*': pointer})
         launches += [('per_sample_conv_kernels.conv_fwd', consts, F32,
-                      dict(pointers, norm_s='*fp32', norm_h='*fp32'), options)
+                      dict(pointers, norm_s='*fp32', norm_h='*fp32',
+                           sums='*fp32'), options)
                      for consts in (SCALED, EPILOGUE)]
     launches += [('per_sample_conv_kernels.conv_fwd', dict(LOW_RANK,
                                                            TF32=tf32), F32,
