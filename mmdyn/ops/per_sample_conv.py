@@ -215,33 +215,59 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
              for t in (channel, spatial, filter, bias) +
              (low_rank or LowRank(None, None, None, None))]
     latent = 0 if low_rank is None else low_rank.q.shape[0]
+    after = epilogue_operands(epilogue, y, grid[0])
+    kernels.conv_fwd[grid](
+        x, weights, *[weights if t is None else t for t in terms],
+        *after.tensors, channels, height, width, out_channels, out_h, out_w,
+        out_h * out_w, latent, *x.stride(), 0 if shared else weights.stride(0),
+        *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
+        *after.residual_strides, *geometry.kernel_args(),
+        KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
+        HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
+        HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
+        LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
+        TF32=_tf32(x), ACC=accumulator(x.dtype), **after.flags, **tiles)
+    after.keep_sums(y)
+    return y
+
+
+class EpilogueOperands(NamedTuple):
+    """An :class:`Epilogue` as a forward kernel takes it (see
+    :func:`epilogue_operands`)."""
+    tensors: tuple  # norm_s, norm_h, res, y, sums: the kernel's pointers
+    residual_strides: Tuple[int, int, int]
+    flags: dict  # HAS_NORM, HAS_RES, RELU, RELU_CAP, SUMS
+    sums: Optional[Tensor]
+
+    def keep_sums(self, y: Tensor) -> None:
+        """Keep the sums the kernel took of ``y`` (:mod:`.pixel_sums`)."""
+        if self.sums is not None:
+            pixel_sums.keep(y, self.sums)
+
+
+def epilogue_operands(epilogue: Epilogue, y: Tensor,
+                      pixel_tiles: int) -> EpilogueOperands:
+    """The pointers, strides and flags of ``epilogue`` for a forward kernel
+    writing ``y`` (B, CO, OH, OW) in ``pixel_tiles`` tiles along the
+    pixels: the norm's scale and shift (contiguous), the residual (rows
+    dense; a channels-last copy where not), ``y``, and where the sums are
+    kept a (B, pixel_tiles, CO) tensor for them, in the dtype sums are
+    taken in; ``y`` stands for each absent tensor."""
     norm = [None if t is None else t.contiguous()
             for t in (epilogue.norm_scale, epilogue.norm_shift)]
     residual = epilogue.residual
     if residual is not None and not _rows_dense(residual):
         residual = residual.contiguous(memory_format=torch.channels_last)
-    sums = torch.empty((batch, grid[0], out_channels), device=x.device,
-                       dtype=accumulation_dtype(x.dtype)) \
+    sums = torch.empty((y.shape[0], pixel_tiles, y.shape[1]),
+                       device=y.device, dtype=accumulation_dtype(y.dtype)) \
         if epilogue.keep_sums else None
-    kernels.conv_fwd[grid](
-        x, weights, *[weights if t is None else t for t in terms + norm],
-        y if residual is None else residual, y, y if sums is None else sums,
-        channels, height, width, out_channels, out_h, out_w, out_h * out_w,
-        latent, *x.stride(), 0 if shared else weights.stride(0),
-        *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
-        *_pixel_strides(y if residual is None else residual),
-        *geometry.kernel_args(),
-        KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
-        HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
-        HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
-        LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
-        HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
-        RELU=epilogue.relu, RELU_CAP=float(epilogue.relu_cap or 0),
-        SUMS=sums is not None, TF32=_tf32(x), ACC=accumulator(x.dtype),
-        **tiles)
-    if sums is not None:
-        pixel_sums.keep(y, sums)
-    return y
+    tensors = tuple(y if t is None else t
+                    for t in (*norm, residual, y, sums))
+    return EpilogueOperands(
+        tensors, _pixel_strides(y if residual is None else residual),
+        dict(HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
+             RELU=epilogue.relu, RELU_CAP=float(epilogue.relu_cap or 0),
+             SUMS=sums is not None), sums)
 
 
 def _tile_layout(weights: Tensor) -> Tensor:
