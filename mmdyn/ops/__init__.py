@@ -10,8 +10,10 @@ conv; at inference at large batches, the block's norm, residual and ReLU
 applied by the conv kernel as it writes), :mod:`.per_sample_conv`
 (per-sample weights applied at large batches), and for inference at
 large batches :mod:`.scaled_weight_conv` (ODConv with one weight, its
-attentions applied inside the conv kernel) and :mod:`.dcd_conv` (DCD's
-Eq. 4 in the same kernel).
+attentions applied inside the conv kernel), :mod:`.dcd_conv` (DCD's
+Eq. 4 in the same kernel) and :mod:`.depthwise_conv` (a depthwise layer's
+per-sample weights), whose kernels keep their output's pixel sums for the
+next layer's attention (:mod:`.pixel_sums`).
 :mod:`.block_diagonal_conv` has no kernel of its own: it applies per-sample
 1x1 weights at two images as one dense cuDNN conv, and asks the same
 dispatch. The layers in :mod:`mmdyn.layers` and the backbones' blocks call

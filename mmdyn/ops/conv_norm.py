@@ -15,9 +15,11 @@ bias and the BatchNorm's weight and bias as they would through
 ``norm(conv(x))``.
 
 At inference at a large batch, where the per-sample conv's forward kernel
-computes the layer, the same affine map, the residual and the ReLU are
-applied by that kernel as it writes the output (:func:`conv_norm_act`):
-none of them makes a pass of its own.
+(or, for a depthwise layer, :mod:`.depthwise_conv`'s) computes the layer,
+the same affine map, the residual and the ReLU are applied by that kernel
+as it writes the output (:func:`conv_norm_act`): none of them makes a pass
+of its own, and the kernel keeps the output's pixel sums for the next
+layer's attention (:mod:`.pixel_sums`).
 """
 from typing import Optional, Tuple
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .._compat import BatchNormBase, has_hooks
+from . import depthwise_conv as depthwise
 from . import per_sample_conv as per_sample
 from . import scaled_weight_conv as scaled
 from .dispatch import folding_pays, needs_grad
@@ -82,10 +85,12 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
     where the conv's output comes from the per-sample conv's forward kernel
     (ODConv (1x) through :mod:`.scaled_weight_conv`, DCD through
     :mod:`.dcd_conv`, a layer with per-sample weights through
-    :mod:`.per_sample_conv`) and ``norm`` is a BatchNorm in eval mode, the
-    kernel applies the norm as its affine map, adds the residual and
-    applies the activation as it writes the conv's output, instead of each
-    making a pass of its own over it."""
+    :mod:`.per_sample_conv`, or :mod:`.depthwise_conv` where it is
+    depthwise) and ``norm`` is a BatchNorm in eval mode, the kernel applies
+    the norm as its affine map, adds the residual and applies the
+    activation as it writes the conv's output, instead of each making a
+    pass of its own over it, and keeps the output's pixel sums for the
+    next layer's attention (:mod:`.pixel_sums`)."""
     from ..layers import DCDConv2d, ODConv2d
     from . import dcd_conv as low_rank
     if _epilogue_applies(conv, norm, x, residual, act):
@@ -97,13 +102,19 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module, x: Tensor,
             return scaled.layer_forward(conv, x, epilogue)
         if isinstance(conv, DCDConv2d) and low_rank.applies(conv, x):
             return low_rank.dcd_conv(conv, x, epilogue)
+        if isinstance(conv, ODConv2d) and depthwise.odconv_applies(conv, x):
+            return depthwise.odconv_forward(conv, x, epilogue)
         folded = conv.per_sample_weights(x)
         if folded is not None:
             weight, bias = folded
+            geometry = per_sample.Geometry(conv.stride, conv.padding,
+                                           conv.dilation)
             if per_sample.applies(conv, x, weight, bias):
-                return per_sample.per_sample_conv(
-                    x, weight, bias, per_sample.Geometry(
-                        conv.stride, conv.padding, conv.dilation), epilogue)
+                return per_sample.per_sample_conv(x, weight, bias, geometry,
+                                                  epilogue)
+            if depthwise.applies(conv, x, weight, bias):
+                return depthwise.depthwise_conv(x, weight, bias, geometry,
+                                                epilogue)
             return _after_norm(norm(conv.per_sample(x, weight, bias)),
                                residual, act)
     return _after_norm(conv_then_norm(conv, norm, x), residual, act)

@@ -149,7 +149,7 @@ def _tiles(dtype: torch.dtype, rows: int, cols: int) -> dict:
                 num_stages=3)
 
 
-def _like(x: Tensor, shape) -> Tensor:
+def empty_like_layout(x: Tensor, shape) -> Tensor:
     """An empty tensor of ``shape`` in ``x``'s memory format."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous()
@@ -206,7 +206,7 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weights.shape[-4:]
     out_h, out_w = conv_output_size(x, weights, *geometry)
-    y = _like(x, (batch, out_channels, out_h, out_w))
+    y = empty_like_layout(x, (batch, out_channels, out_h, out_w))
     x, flat = _as_kernels_read(x, (kh, kw), geometry)
     tiles = _tiles(x.dtype, out_h * out_w, out_channels)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
@@ -220,7 +220,7 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
         x, weights, *[weights if t is None else t for t in terms],
         *after.tensors, channels, height, width, out_channels, out_h, out_w,
         out_h * out_w, latent, *x.stride(), 0 if shared else weights.stride(0),
-        *weights.stride()[-4:-2], weights.stride(-1), *_pixel_strides(y),
+        *weights.stride()[-4:-2], weights.stride(-1), *pixel_strides(y),
         *after.residual_strides, *geometry.kernel_args(),
         KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
         HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
@@ -264,7 +264,7 @@ def epilogue_operands(epilogue: Epilogue, y: Tensor,
     tensors = tuple(y if t is None else t
                     for t in (*norm, residual, y, sums))
     return EpilogueOperands(
-        tensors, _pixel_strides(y if residual is None else residual),
+        tensors, pixel_strides(y if residual is None else residual),
         dict(HAS_NORM=norm[0] is not None, HAS_RES=residual is not None,
              RELU=epilogue.relu, RELU_CAP=float(epilogue.relu_cap or 0),
              SUMS=sums is not None), sums)
@@ -326,7 +326,7 @@ def _as_kernels_read(t: Tensor, kernel_size,
     return t.contiguous(memory_format=torch.channels_last), False
 
 
-def _pixel_strides(t: Tensor) -> Tuple[int, int, int]:
+def pixel_strides(t: Tensor) -> Tuple[int, int, int]:
     """Sample, channel and flat-pixel strides of a (B, C, H, W) tensor whose
     rows are dense (:func:`_rows_dense`)."""
     return t.stride(0), t.stride(1), t.stride(3)
@@ -366,7 +366,7 @@ class PerSampleConv(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             gy, flat = _as_kernels_read(grad_y, (kh, kw), g)
-            grad_x = _like(x, x.shape)
+            grad_x = empty_like_layout(x, x.shape)
             tiles = _tiles(x.dtype, height * width, channels)
             grid = (cdiv(height * width, tiles['BM']),
                     cdiv(channels, tiles['BN']), batch)
@@ -374,7 +374,7 @@ class PerSampleConv(torch.autograd.Function):
                 gy, weight, grad_x, channels, height, width,
                 out_channels, out_h, out_w, height * width, *gy.stride(),
                 *weight.stride()[:3], weight.stride(-1),
-                *_pixel_strides(grad_x), *g.kernel_args(),
+                *pixel_strides(grad_x), *g.kernel_args(),
                 KW=kw, TAPS=taps, FLAT=flat, TF32=ctx.tf32, ACC=acc,
                 **tiles)
         if ctx.needs_input_grad[1]:
@@ -409,7 +409,7 @@ def _weight_grad(kernels, grad_y: Tensor, x: Tensor, shape, g: Geometry,
             kh * kw, batch * parts)
     kernels.conv_bwd_weights[grid](
         grad_y, x, sums, channels, height, width, out_channels, out_h, out_w,
-        out_h * out_w, *_pixel_strides(grad_y), *x.stride(), sums.stride(2),
+        out_h * out_w, *pixel_strides(grad_y), *x.stride(), sums.stride(2),
         sums.stride(3), sums.stride(-1), *g.kernel_args(), batch, per_part,
         KW=kw, TAPS=kh * kw, FLAT=flat, TF32=tf32, ACC=acc, **tiles)
     return (sums[0] if parts == 1 else sums.sum(dim=0)).to(x.dtype)

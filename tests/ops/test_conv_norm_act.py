@@ -13,6 +13,7 @@ from layer_cases import (PRECISION_TOLERANCE, make_layer, randomize,
                          relative_error, triton_runs_here)
 from mmdyn.layers import DCDConv2d, DyConv2d, ODConv2d
 from mmdyn.ops import dcd_conv as low_rank
+from mmdyn.ops import depthwise_conv as depthwise
 from mmdyn.ops import fused_ops
 from mmdyn.ops import per_sample_conv as per_sample
 from mmdyn.ops import pixel_sums
@@ -40,6 +41,7 @@ class EpilogueSpy:
         forward = scaled.layer_forward
         conv = per_sample.per_sample_conv
         dcd = low_rank.dcd_conv
+        depthwise_conv = depthwise.depthwise_conv
 
         def counted_forward(layer, x, *epilogue):
             self.calls += bool(epilogue)
@@ -53,7 +55,14 @@ class EpilogueSpy:
             self.calls += bool(epilogue)
             return dcd(layer, x, *epilogue)
 
+        def counted_depthwise(x, weight, bias, geometry, *epilogue,
+                              **scales):
+            self.calls += bool(epilogue)
+            return depthwise_conv(x, weight, bias, geometry, *epilogue,
+                                  **scales)
+
         monkeypatch.setattr(scaled, 'layer_forward', counted_forward)
+        monkeypatch.setattr(depthwise, 'depthwise_conv', counted_depthwise)
         monkeypatch.setattr(low_rank, 'dcd_conv', counted_dcd)
         monkeypatch.setattr(per_sample, 'per_sample_conv', counted_conv)
 
@@ -155,13 +164,63 @@ def test_other_layers_equal_the_reference(layer_name, geometry, large_batch,
     assert _error(got, expected) < 1e-8
 
 
-@pytest.mark.parametrize('layer_name',
-                         ['odconv-1x-fused', 'dyconv', 'dcd-fused'])
+DEPTHWISE_LAYERS = {'odconv-1x-fused': odconv_reference,
+                    'odconv-4x-fused': odconv_reference,
+                    'dyconv': dyconv_reference,
+                    'condconv': condconv_reference}
+
+
+@pytest.mark.parametrize('layer_name', list(DEPTHWISE_LAYERS))
+@pytest.mark.parametrize('geometry', ['depthwise', 'depthwise-stride2'])
+@pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
+def test_depthwise_layers_equal_the_reference(layer_name, geometry, layout,
+                                              large_batch, spy):
+    """Depthwise layers (MobileNetV2's 3x3) through their own kernel, in
+    either layout, with a bias, the residual and ReLU6; and with the
+    samples' weights swapped, the comparison sees them differ."""
+    layer, norm, x, identity = _case(geometry, layer_name)
+    if layout == 'channels-last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), fused_ops('always'):
+        got = conv_norm_act(layer, norm, x, identity, nn.ReLU6())
+        weight, bias = layer.per_sample_weights(x)
+        swapped = depthwise.depthwise_conv(
+            x, weight.roll(1, dims=0), bias, per_sample.Geometry(
+                layer.stride, layer.padding, layer.dilation))
+    assert spy.calls == 1
+    reference = DEPTHWISE_LAYERS[layer_name]
+    assert _error(got, _expected(layer, norm, x, identity, True,
+                                 reference=reference).clamp(max=6)) < 1e-8
+    assert _error(swapped, reference(layer, x)) > 1e-3
+
+
+@pytest.mark.parametrize('mutant', ['channel dropped', 'spatial dropped',
+                                    'channel doubled', 'spatial doubled'])
+def test_depthwise_odconv_attentions_matter(mutant, large_batch):
+    """Depthwise ODConv (1x) scales its one weight by the channel and
+    spatial attentions in the kernel: the comparison sees either dropped
+    or doubled."""
+    layer, _, x, _ = _case('depthwise', 'odconv-1x-fused')
+    with torch.no_grad(), fused_ops('always'):
+        att = layer.attention(x, layer.temperature)
+        scales = dict(channel=att.channel, spatial=att.spatial)
+        name, change = mutant.split()
+        scales[name] = None if change == 'dropped' else 2 * scales[name]
+        got = depthwise.depthwise_conv(
+            x, layer.weight[0], layer.bias.expand(3, -1),
+            per_sample.Geometry(layer.stride, layer.padding, layer.dilation),
+            **scales)
+    assert _error(got, odconv_reference(layer, x)) > 1e-3
+
+
+@pytest.mark.parametrize('layer_name, geometry', [
+    ('odconv-1x-fused', '3x3'), ('dyconv', '3x3'), ('dcd-fused', '3x3'),
+    ('odconv-1x-fused', 'depthwise'), ('dyconv', 'depthwise')])
 @pytest.mark.parametrize('drop', ['shift', 'residual', 'relu'])
-def test_a_dropped_part_fails(layer_name, drop, large_batch, spy):
+def test_a_dropped_part_fails(layer_name, geometry, drop, large_batch, spy):
     """Negative checks: the comparison sees the output differ from one
     without the norm's shift, the residual or the ReLU."""
-    layer, norm, x, identity = _case('3x3', layer_name)
+    layer, norm, x, identity = _case(geometry, layer_name)
     with torch.no_grad(), fused_ops('always'):
         got = conv_norm_act(layer, norm, x, identity, nn.ReLU())
     assert spy.calls == 1
@@ -244,7 +303,9 @@ def test_backbone_equals_its_layers_operations(name, large_batch, spy):
 #: the layers a ResNet's stage-2 3x3 can be, as the GPU test builds them
 GPU_LAYERS = {'odconv-1x': lambda: ODConv2d(128, 128, 3, padding=1),
               'dyconv': lambda: DyConv2d(128, 128, 3, padding=1),
-              'dcd': lambda: DCDConv2d(128, 128, 3, padding=1)}
+              'dcd': lambda: DCDConv2d(128, 128, 3, padding=1),
+              'odconv-1x depthwise': lambda: ODConv2d(
+                  128, 128, 3, padding=1, groups=128)}
 
 
 @pytest.mark.gpu
@@ -262,7 +323,7 @@ def test_gpu_within_tolerance(layer_name, precision, layout, large_batch,
     randomize(layer)
     layer = layer.cuda().eval().requires_grad_(False)
     reference = {'odconv-1x': odconv_reference, 'dyconv': dyconv_reference,
-                 'dcd': dcd_reference}[layer_name]
+                 'dcd': dcd_reference}[layer_name.split()[0]]
     norm = _norm(128).float().cuda()
     x = torch.randn(16, 128, 28, 28, device='cuda')
     identity = torch.randn(16, 128, 28, 28, device='cuda')

@@ -57,6 +57,10 @@ EPILOGUE = dict(SCALED, HAS_NORM=True, HAS_RES=True, RELU=True,
                 RELU_CAP=6.0, SUMS=True)
 LOW_RANK = dict(CONV, **dict(FORWARD, HAS_FILT=True, LOW_RANK=True, LP=64))
 ATTENTIONS = ('chan', 'tap', 'filt', 'bias')
+#: the depthwise kernel as conv_norm.py launches it (depthwise_conv.py:
+#: per-sample weights, or one weight scaled by ODConv's attentions)
+DEPTHWISE = dict(KW=3, TAPS=9, HAS_BIAS=True, HAS_NORM=True, HAS_RES=True,
+                 RELU=True, RELU_CAP=6.0, SUMS=True)
 
 SCRIPT = '''
 import importlib, inspect, sys
@@ -126,6 +130,15 @@ def test_every_kernel_compiles_for_sm90():
                       dict(pointers, norm_s='*fp32', norm_h='*fp32',
                            sums='*fp32'), options)
                      for consts in (SCALED, EPILOGUE)]
+    # the depthwise kernel, tiles along the channels (channels-last) and
+    # along the pixels, with the block's operations
+    for pointer in ('*fp32', '*fp16', '*bf16'):
+        pointers = {'*': pointer, 'norm_s': '*fp32', 'norm_h': '*fp32',
+                    'sums': '*fp32'}
+        launches += [('depthwise_conv_kernels.depthwise_fwd', dict(
+            DEPTHWISE, BP=bp, BC=bc, HAS_CHAN=scaled, HAS_TAP=scaled), F32,
+            pointers, dict(num_warps=4))
+            for bp, bc in ((64, 64), (128, 16)) for scaled in (True, False)]
     launches += [('per_sample_conv_kernels.conv_fwd', dict(LOW_RANK,
                                                            TF32=tf32), F32,
                   '*fp32', options) for tf32 in (True, False)]

@@ -2,8 +2,8 @@
 operations after it applied by :func:`mmdyn.ops.conv_norm.conv_norm_act`: a
 dynamic conv's per-sample bias (DCD, where its fused op folds it) is then
 added by the eval-mode BatchNorm, in the pass that the norm makes anyway,
-and at inference at a large batch the per-sample conv's kernel applies the
-norm, the residual and the ReLU (ReLU6) as it writes its output.
+and at inference at a large batch the conv's kernel applies the norm, the
+residual and the ReLU (ReLU6) as it writes its output.
 The layers, names and arguments are MMDetection's; with any other conv or
 norm they compute exactly what MMDetection's blocks do."""
 from typing import Optional
