@@ -15,6 +15,8 @@ inputs, in the interpreter).
 import triton
 import triton.language as tl
 
+from .triton_blocks import write_block_output
+
 
 @triton.jit
 def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
@@ -34,12 +36,9 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
     read, ``w'[c, t] = chan[c] tap[t] w[c, t]`` where ``HAS_CHAN`` and
     ``HAS_TAP`` are set (ODConv's channel and spatial attentions, ``chan``
     (B, C) and ``tap`` (B, TAPS) contiguous); then
-    the block's operations, each only where its flag is set, as in
-    :func:`~mmdyn.ops.per_sample_conv_kernels.conv_fwd`: ``HAS_NORM`` the
-    affine map ``norm_s[c] v + norm_h[c]`` (contiguous (C,)), ``HAS_RES``
-    the residual ``res`` added, ``RELU`` (capped at ``RELU_CAP`` where it
-    is not 0), and ``SUMS`` the tile's sums over its pixels of the output
-    as written, stored to ``sums`` (B, tiles along the pixels, C).
+    the block's operations and the output's pixel sums, each where its
+    flag is set, as :func:`~mmdyn.ops.triton_blocks.write_block_output`
+    applies them.
     ``bias`` is (B, C), contiguous; ``NP = OH * OW``; ``y``'s and
     ``res``'s rows are ``OW`` pixels apart. Grid (cdiv(NP, BP),
     cdiv(C, BC), B)."""
@@ -69,23 +68,7 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
         acc += a.to(ACC) * k[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + b * C + c, mask=c_in, other=0).to(ACC)[None, :]
-    if HAS_NORM:
-        acc = acc * tl.load(norm_s + c, mask=c_in, other=0).to(ACC)[None, :] \
-            + tl.load(norm_h + c, mask=c_in, other=0).to(ACC)[None, :]
-    if HAS_RES:
-        acc += tl.load(res + b * stride_rb + p[:, None] * stride_rp +
-                       c[None, :] * stride_rc,
-                       mask=p_in[:, None] & c_in[None, :], other=0).to(ACC)
-    if RELU:
-        acc = tl.maximum(acc, 0)
-        if RELU_CAP != 0:
-            acc = tl.minimum(acc, RELU_CAP)
-    out = acc.to(y.dtype.element_ty)
-    tl.store(y + b * stride_yb + p[:, None] * stride_yp +
-             c[None, :] * stride_yc,
-             out, mask=p_in[:, None] & c_in[None, :])
-    if SUMS:
-        part = sums + (b * tl.num_programs(0) + tl.program_id(0)) * C
-        tl.store(part + c,
-                 tl.sum(tl.where(p_in[:, None], out.to(ACC), 0), axis=0),
-                 mask=c_in)
+    write_block_output(acc, b, p, p_in, c, c_in, norm_s, norm_h, res,
+                       stride_rb, stride_rc, stride_rp, y, stride_yb,
+                       stride_yc, stride_yp, sums, C, HAS_NORM, HAS_RES,
+                       RELU, RELU_CAP, SUMS, ACC)

@@ -22,6 +22,8 @@ pixels, which are vectors only along channels-last channels.
 import triton
 import triton.language as tl
 
+from .triton_blocks import write_block_output
+
 
 @triton.jit
 def _dot(a, b, TF32: tl.constexpr, ACC: tl.constexpr):
@@ -63,16 +65,12 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
       ``filt`` and ``bias`` (B, CO), and ``q`` (L, C), ``lr_m`` (B, L, L),
       ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
       up to a power of two, at least 16;
-    - the block's operations after the conv, at inference: ``HAS_NORM``
-      an eval-mode norm as the affine map ``norm_s[o] v + norm_h[o]``
-      (contiguous (CO,)), then ``HAS_RES`` the residual ``res`` (B, CO, OH,
-      OW; strides ``stride_rb``, ``stride_rc``, ``stride_rp`` as ``y``'s)
-      added, then ``RELU``, capped at ``RELU_CAP`` where it is not 0
-      (ReLU6);
-    - ``SUMS``: the tile's sums over its pixels of the output as written
-      (in ``y``'s dtype), one per channel, stored to ``sums`` (B, tiles
-      along the pixels, CO), contiguous, in the accumulator's dtype: what
-      the next layer's attention pools (:mod:`mmdyn.ops.pixel_sums`).
+    - the block's operations after the conv, at inference (``HAS_NORM``,
+      ``HAS_RES``, ``RELU``, ``RELU_CAP``), and the output's pixel sums
+      for the next layer's attention (``SUMS``), as
+      :func:`~mmdyn.ops.triton_blocks.write_block_output` applies them;
+      ``res`` (B, CO, OH, OW) has strides ``stride_rb``, ``stride_rc``,
+      ``stride_rp`` as ``y``'s.
 
     ``NP = OH * OW``; ``FLAT``: output pixel ``p`` reads input pixel ``p``
     (a 1x1 filter, stride 1, no padding, the input's rows ``W *
@@ -146,26 +144,10 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
                     TF32, ACC)
     if HAS_BIAS:
         acc += tl.load(bias + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
-    if HAS_NORM:
-        acc = acc * tl.load(norm_s + o, mask=o_in, other=0).to(ACC)[None, :] \
-            + tl.load(norm_h + o, mask=o_in, other=0).to(ACC)[None, :]
-    if HAS_RES:
-        acc += tl.load(res + b * stride_rb + p[:, None] * stride_rp +
-                       o[None, :] * stride_rc,
-                       mask=p_in[:, None] & o_in[None, :], other=0).to(ACC)
-    if RELU:
-        acc = tl.maximum(acc, 0)
-        if RELU_CAP != 0:
-            acc = tl.minimum(acc, RELU_CAP)
-    out = acc.to(y.dtype.element_ty)
-    tl.store(y + b * stride_yb + p[:, None] * stride_yp +
-             o[None, :] * stride_yc,
-             out, mask=p_in[:, None] & o_in[None, :])
-    if SUMS:
-        part = sums + (b * tl.num_programs(0) + tl.program_id(0)) * CO
-        tl.store(part + o,
-                 tl.sum(tl.where(p_in[:, None], out.to(ACC), 0), axis=0),
-                 mask=o_in)
+    write_block_output(acc, b, p, p_in, o, o_in, norm_s, norm_h, res,
+                       stride_rb, stride_rc, stride_rp, y, stride_yb,
+                       stride_yc, stride_yp, sums, CO, HAS_NORM, HAS_RES,
+                       RELU, RELU_CAP, SUMS, ACC)
 
 
 @triton.jit

@@ -1,5 +1,6 @@
 """Pieces shared by mmdyn's Triton kernels (:mod:`.odconv_kernels`,
-:mod:`.dcd_kernels`)."""
+:mod:`.dcd_kernels`, and the block's epilogue of
+:mod:`.per_sample_conv_kernels` and :mod:`.depthwise_conv_kernels`)."""
 import triton
 import triton.language as tl
 
@@ -70,3 +71,43 @@ def fold_tile(po, pc, CO, CI, KK, BO: tl.constexpr, BC: tl.constexpr,
     mask = (o < CO)[:, None, None] & (c < CI)[None, :, None] & \
         (t < KK)[None, None, :]
     return o, c, t, offsets, mask
+
+
+@triton.jit
+def write_block_output(acc, b, p, p_in, o, o_in, norm_s, norm_h, res,
+                       stride_rb, stride_rc, stride_rp, y, stride_yb,
+                       stride_yc, stride_yp, sums, CO, HAS_NORM: tl.constexpr,
+                       HAS_RES: tl.constexpr, RELU: tl.constexpr,
+                       RELU_CAP: tl.constexpr, SUMS: tl.constexpr,
+                       ACC: tl.constexpr):
+    """Write a conv's (pixels ``p``, channels ``o``) output tile ``acc`` of
+    sample ``b`` to ``y`` after the block's operations, each only where
+    its flag is set: ``HAS_NORM`` an eval-mode norm as the affine map
+    ``norm_s[o] v + norm_h[o]`` (contiguous (CO,)), then ``HAS_RES`` the
+    residual ``res`` added, then ``RELU`` (capped at ``RELU_CAP`` where it
+    is not 0: ReLU6); with ``SUMS``, also the tile's sums over its pixels
+    of the output as written (in ``y``'s dtype), one per channel, to
+    ``sums`` (B, tiles along the pixels, CO), contiguous, in ACC: what the
+    next layer's attention pools (:mod:`mmdyn.ops.pixel_sums`). The grid's
+    first axis runs along the pixels. ``y``'s and ``res``'s pixels are
+    addressed by one flat index (their rows are dense)."""
+    if HAS_NORM:
+        acc = acc * tl.load(norm_s + o, mask=o_in, other=0).to(ACC)[None, :] \
+            + tl.load(norm_h + o, mask=o_in, other=0).to(ACC)[None, :]
+    if HAS_RES:
+        acc += tl.load(res + b * stride_rb + p[:, None] * stride_rp +
+                       o[None, :] * stride_rc,
+                       mask=p_in[:, None] & o_in[None, :], other=0).to(ACC)
+    if RELU:
+        acc = tl.maximum(acc, 0)
+        if RELU_CAP != 0:
+            acc = tl.minimum(acc, RELU_CAP)
+    out = acc.to(y.dtype.element_ty)
+    tl.store(y + b * stride_yb + p[:, None] * stride_yp +
+             o[None, :] * stride_yc,
+             out, mask=p_in[:, None] & o_in[None, :])
+    if SUMS:
+        part = sums + (b * tl.num_programs(0) + tl.program_id(0)) * CO
+        tl.store(part + o,
+                 tl.sum(tl.where(p_in[:, None], out.to(ACC), 0), axis=0),
+                 mask=o_in)

@@ -218,3 +218,27 @@ def gpu_inference_error(layer, reference, precision, layout):
     torch.backends.cudnn.allow_tf32 = False
     assert got.dtype == dtype
     return relative_error([got.float()], [expected])
+
+
+def eval_backbone(cfg: dict):
+    """A backbone built from ``cfg`` in float64 and eval mode, without
+    gradients, with random BatchNorm statistics and weights: a MobileNetV2's
+    scaled up (so that its ReLU6 caps some outputs), a ResNet's drawn from
+    0.2-0.6 (not its zero-initialised residual norms, which would hide
+    every conv but the last of a block from a comparison); and an input
+    for it."""
+    from mmdet.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(cfg).double()
+    model.init_weights()
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                norm.running_mean.normal_(0, 0.2)
+                norm.running_var.uniform_(0.5, 2.0)
+                if 'MobileNet' in cfg['type']:
+                    norm.weight.mul_(4)
+                else:
+                    norm.weight.uniform_(0.2, 0.6)
+    model.eval().requires_grad_(False)
+    return model, torch.randn(2, 3, 64, 64, dtype=torch.float64)

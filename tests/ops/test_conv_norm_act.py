@@ -6,11 +6,10 @@ ReLU dropped; where it steps aside; and a ResNet-50 with ODConv against its
 layers' PyTorch operations."""
 import pytest
 import torch
-from mmdet.registry import MODELS
 from torch import nn
 
-from layer_cases import (PRECISION_TOLERANCE, make_layer, randomize,
-                         relative_error, triton_runs_here)
+from layer_cases import (PRECISION_TOLERANCE, eval_backbone, make_layer,
+                         randomize, relative_error, triton_runs_here)
 from mmdyn.layers import DCDConv2d, DyConv2d, ODConv2d
 from mmdyn.ops import dcd_conv as low_rank
 from mmdyn.ops import depthwise_conv as depthwise
@@ -276,20 +275,7 @@ def test_backbone_equals_its_layers_operations(name, large_batch, spy):
     (the ResNet's norms, residuals and ReLUs; MobileNetV2's norms, ReLU6s
     and residuals) equals MMDetection's blocks with the layers' PyTorch
     operations."""
-    torch.manual_seed(0)
-    model = MODELS.build(BACKBONES[name]).double()
-    model.init_weights()
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            with torch.no_grad():
-                norm.running_mean.normal_(0, 0.2)
-                norm.running_var.uniform_(0.5, 2.0)
-                if 'mobilenet' in name:  # so that ReLU6 caps some outputs
-                    norm.weight.mul_(4)
-                else:  # not zero-init residuals: every conv counts
-                    norm.weight.uniform_(0.2, 0.6)
-    model.eval().requires_grad_(False)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    model, x = eval_backbone(BACKBONES[name])
     with torch.no_grad():
         with fused_ops('always'):
             fused = model(x)

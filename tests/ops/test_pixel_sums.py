@@ -6,10 +6,10 @@ matter: a backbone whose kept sums are doubled no longer equals its
 layers' operations."""
 import pytest
 import torch
-from mmdet.registry import MODELS
 from torch import nn
 
-from layer_cases import make_layer, relative_error, triton_runs_here
+from layer_cases import (eval_backbone, make_layer, relative_error,
+                         triton_runs_here)
 from mmdyn.layers.functional import global_avg_pool
 from mmdyn.ops import fused_ops
 from mmdyn.ops import pixel_sums as kept_sums
@@ -75,17 +75,7 @@ BACKBONES = {
 
 
 def _backbone_outputs(name, double_kept=False, monkeypatch=None):
-    torch.manual_seed(0)
-    model = MODELS.build(BACKBONES[name]).double()
-    model.init_weights()
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            with torch.no_grad():
-                norm.running_mean.normal_(0, 0.2)
-                norm.running_var.uniform_(0.5, 2.0)
-                norm.weight.uniform_(0.2, 0.6)  # not zero-init residuals
-    model.eval().requires_grad_(False)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    model, x = eval_backbone(BACKBONES[name])
     recalled = []
     recall = kept_sums.recall
 
