@@ -35,10 +35,9 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
     shared by the samples (``stride_wb = 0``) scaled per sample as they are
     read, ``w'[c, t] = chan[c] tap[t] w[c, t]`` where ``HAS_CHAN`` and
     ``HAS_TAP`` are set (ODConv's channel and spatial attentions, ``chan``
-    (B, C) and ``tap`` (B, TAPS) contiguous); then
-    the block's operations and the output's pixel sums, each where its
-    flag is set, as :func:`~mmdyn.ops.triton_blocks.write_block_output`
-    applies them.
+    (B, C) and ``tap`` (B, TAPS) contiguous); then the block's operations
+    and the output's pixel sums, each where its flag is set, as
+    :func:`~mmdyn.ops.triton_blocks.write_block_output` applies them.
     ``bias`` is (B, C), contiguous; ``NP = OH * OW``; ``y``'s and
     ``res``'s rows are ``OW`` pixels apart. Grid (cdiv(NP, BP),
     cdiv(C, BC), B)."""

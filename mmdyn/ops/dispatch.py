@@ -5,8 +5,7 @@ A fused op (:mod:`mmdyn.ops.odconv_weights`, :mod:`mmdyn.ops.dcd_weights`,
 :mod:`mmdyn.ops.per_sample_conv`, :mod:`mmdyn.ops.scaled_weight_conv`,
 :mod:`mmdyn.ops.dcd_conv`, :mod:`mmdyn.ops.depthwise_conv`) computes with a
 few Triton kernels what the layer's PyTorch operations compute, forward and
-backward. It may run
-only where it computes the same:
+backward. It may run only where it computes the same:
 
 - the process allows fused ops (:func:`set_fused_ops`; ``'auto'`` unless
   the environment variable ``MMDYN_FUSED_OPS`` says otherwise);
