@@ -20,10 +20,12 @@ from typing import Optional
 from torch import Tensor
 
 from ..layers.functional import conv_output_size
+from . import odconv_weights as attention_branch
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
 from .per_sample_conv import (Epilogue, Geometry, empty_like_layout,
-                              epilogue_operands, kernels_take, pixel_strides)
+                              epilogue_operands, kernels_take, pixel_strides,
+                              rows_contiguous)
 from .triton_utils import accumulator, cdiv
 
 
@@ -57,11 +59,15 @@ def odconv_forward(layer, x: Tensor,
     spatial attentions applied to the one weight as the kernel reads it, so
     that no per-sample weight is written. Call where
     :func:`odconv_applies`."""
-    att = layer.attention(x, layer.temperature)
+    if attention_branch.branch_fuses(layer, x):
+        channel, spatial, _ = attention_branch.odconv_attentions(layer, x)
+    else:
+        att = layer.attention(x, layer.temperature)
+        channel, spatial = att.channel, att.spatial
     return depthwise_conv(
         x, layer.weight[0], layer._per_sample_bias(x.shape[0]),
         Geometry(layer.stride, layer.padding, layer.dilation), epilogue,
-        channel=att.channel, spatial=att.spatial)
+        channel=channel, spatial=spatial)
 
 
 def depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -85,7 +91,7 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
     weights = weight.reshape(1 if shared else batch, channels, kh * kw)
     if weights.stride(-1) != 1:
         weights = weights.contiguous()
-    scales = [None if t is None else t.contiguous()
+    scales = [None if t is None else rows_contiguous(t)
               for t in (channel, spatial)]
     block_pixels, block_channels = _tiles(x, out_h * out_w)
     grid = (cdiv(out_h * out_w, block_pixels), cdiv(channels, block_channels),
@@ -98,6 +104,7 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
             *after.tensors, channels, height, width, out_h, out_w,
             out_h * out_w, *x.stride(), 0 if shared else weights.stride(0),
             weights.stride(1), *pixel_strides(y), *after.residual_strides,
+            *[0 if t is None else t.stride(0) for t in scales],
             *geometry.kernel_args(), KW=kw, TAPS=kh * kw,
             HAS_CHAN=channel is not None, HAS_TAP=spatial is not None,
             HAS_BIAS=bias is not None, ACC=accumulator(x.dtype),

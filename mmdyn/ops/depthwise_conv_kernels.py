@@ -22,7 +22,8 @@ from .triton_blocks import write_block_output
 def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
                   W, OH, OW, NP, stride_xb, stride_xc, stride_xh, stride_xw,
                   stride_wb, stride_wc, stride_yb, stride_yc, stride_yp,
-                  stride_rb, stride_rc, stride_rp, SH, SW, PH, PW, DH, DW,
+                  stride_rb, stride_rc, stride_rp, stride_cb, stride_tb,
+                  SH, SW, PH, PW, DH, DW,
                   KW: tl.constexpr, TAPS: tl.constexpr,
                   HAS_CHAN: tl.constexpr, HAS_TAP: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr,
@@ -35,8 +36,9 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
     shared by the samples (``stride_wb = 0``) scaled per sample as they are
     read, ``w'[c, t] = chan[c] tap[t] w[c, t]`` where ``HAS_CHAN`` and
     ``HAS_TAP`` are set (ODConv's channel and spatial attentions, ``chan``
-    (B, C) and ``tap`` (B, TAPS) contiguous); then the block's operations
-    and the output's pixel sums, each where its flag is set, as
+    (B, C) and ``tap`` (B, TAPS), rows ``stride_cb`` and ``stride_tb``
+    apart, each row contiguous); then the block's operations and the
+    output's pixel sums, each where its flag is set, as
     :func:`~mmdyn.ops.triton_blocks.write_block_output` applies them.
     ``bias`` is (B, C), contiguous; ``NP = OH * OW``; ``y``'s and
     ``res``'s rows are ``OW`` pixels apart. Grid (cdiv(NP, BP),
@@ -52,7 +54,8 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
     wb = w + b * stride_wb + c * stride_wc
     acc = tl.zeros([BP, BC], ACC)
     if HAS_CHAN:
-        scale = tl.load(chan + b * C + c, mask=c_in, other=0).to(ACC)
+        scale = tl.load(chan + b * stride_cb + c, mask=c_in,
+                        other=0).to(ACC)
     for t in tl.static_range(TAPS):
         ih = oh * SH - PH + (t // KW) * DH
         iw = ow * SW - PW + (t % KW) * DW
@@ -63,7 +66,7 @@ def depthwise_fwd(x, w, chan, tap, bias, norm_s, norm_h, res, y, sums, C, H,
         if HAS_CHAN:
             k = k * scale
         if HAS_TAP:
-            k = k * tl.load(tap + b * TAPS + t).to(ACC)
+            k = k * tl.load(tap + b * stride_tb + t).to(ACC)
         acc += a.to(ACC) * k[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + b * C + c, mask=c_in, other=0).to(ACC)[None, :]

@@ -18,7 +18,7 @@ The kernels (:mod:`mmdyn.ops.odconv_kernels`) compute
 and their backward in reverse (``fold_bwd``, ``heads_bwd``, ``hidden_bwd``),
 which reduce in a fixed order: the results do not depend on scheduling.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -78,28 +78,13 @@ class FusedODConvWeights(torch.autograd.Function):
                 eps: float, w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k,
                 bank: Tensor) -> Tensor:
         from . import odconv_kernels as gpu
-        batch, channels = pooled.shape
-        width = fc_w.shape[0]
+        batch = pooled.shape[0]
         acc = accumulator(pooled.dtype)
-        dummy = bank
-        heads = [t if t is not None else dummy
-                 for t in (w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k)]
         affine = bn_w is not None
-        u = pooled.new_empty(batch, width)
-        h = pooled.new_empty(batch, width)
-        gpu.hidden_fwd[(batch, cdiv(width, 32))](
-            pooled, pixels, fc_w, mean, var,
-            bn_w if affine else dummy, bn_b if affine else dummy, eps, u, h,
-            channels, width, HAS_AFFINE=affine, BA=32, BC=128, ACC=acc)
-        num_gates = layout.channel + layout.filter + layout.spatial + (
-            layout.weights if layout.weights > 1 else 0)
-        gates = pooled.new_empty(batch, num_gates)
-        head_cols = min(next_pow2(width), 128)
-        gpu.gates_fwd[(batch, _sigmoid_blocks(layout) +
-                       (layout.weights > 1))](
-            h, *heads, gates, width, layout.channel, layout.filter,
-            layout.spatial, num_gates, temperature, NK=layout.weights,
-            BJ=_HEAD_ROWS, BA=head_cols, ACC=acc)
+        u, h, gates = _gates(layout, pooled, pixels, temperature, fc_w, bn_w,
+                             bn_b, mean, var, eps,
+                             (w_c, b_c, w_f, b_f, w_s, b_s, w_k, b_k))
+        num_gates = gates.shape[1]
         out = bank.new_empty(batch, *bank.shape[1:], dtype=dtype)
         rows, cols, taps = _fold_tiles(layout)
         gpu.fold_fwd[(cdiv(layout.out_channels, rows),
@@ -191,6 +176,39 @@ class FusedODConvWeights(torch.autograd.Function):
                 None, None, None, *head_out, grad_bank)
 
 
+def _gates(layout: FoldLayout, pooled: Tensor, pixels: int,
+           temperature: float, fc_w: Tensor, bn_w: Optional[Tensor],
+           bn_b: Optional[Tensor], mean: Tensor, var: Tensor, eps: float,
+           heads: tuple) -> Tuple[Tensor, Tensor, Tensor]:
+    """The attention branch from the pixel sums ``pooled`` (B, C): its
+    hidden features before and after the BatchNorm and ReLU (B, width),
+    and the gates (B, NC + NF + NS [+ K]): the channel, filter and spatial
+    sigmoids side by side, then the kernel-wise softmax where there is
+    one. ``heads``: weight and bias of the channel, filter, spatial and
+    kernel heads (None where absent)."""
+    from . import odconv_kernels as gpu
+    batch, channels = pooled.shape
+    width = fc_w.shape[0]
+    acc = accumulator(pooled.dtype)
+    dummy = fc_w
+    affine = bn_w is not None
+    u = pooled.new_empty(batch, width)
+    h = pooled.new_empty(batch, width)
+    gpu.hidden_fwd[(batch, cdiv(width, 32))](
+        pooled, pixels, fc_w, mean, var,
+        bn_w if affine else dummy, bn_b if affine else dummy, eps, u, h,
+        channels, width, HAS_AFFINE=affine, BA=32, BC=128, ACC=acc)
+    num_gates = layout.channel + layout.filter + layout.spatial + (
+        layout.weights if layout.weights > 1 else 0)
+    gates = pooled.new_empty(batch, num_gates)
+    gpu.gates_fwd[(batch, _sigmoid_blocks(layout) + (layout.weights > 1))](
+        h, *[dummy if t is None else t for t in heads], gates, width,
+        layout.channel, layout.filter, layout.spatial, num_gates,
+        temperature, NK=layout.weights, BJ=_HEAD_ROWS,
+        BA=min(next_pow2(width), 128), ACC=acc)
+    return u, h, gates
+
+
 def _sigmoid_blocks(layout: FoldLayout) -> int:
     return cdiv(layout.channel + layout.filter + layout.spatial, _HEAD_ROWS)
 
@@ -218,16 +236,54 @@ def applies(layer, x: Tensor) -> bool:
     needs per-sample weights (a spatial or kernel-wise attention) or the
     batch is small enough for that to pay
     (:func:`~mmdyn.ops.dispatch.folding_pays`)."""
+    per_sample = layer.kernel_num > 1 or layer.kernel_size != (1, 1)
+    return branch_fuses(layer, x) and (per_sample or folding_pays(x))
+
+
+def branch_fuses(layer, x: Tensor) -> bool:
+    """Whether the kernels compute ``layer``'s attention branch for input
+    ``x``: :func:`~mmdyn.ops.dispatch.may_fuse` allows it, the branch's
+    BatchNorm uses running statistics (eval mode), and the layer is dense
+    or depthwise with a branch and a bank the kernels take."""
     att = layer.attention
     bn = att.bn
-    per_sample = layer.kernel_num > 1 or layer.kernel_size != (1, 1)
     return (isinstance(bn, BatchNormBase) and not bn.training
             and bn.running_mean is not None
             and (layer.groups == 1 or layer.is_depthwise)
             and att.fc.out_channels <= MAX_ATTENTION_CHANNELS
             and layer.kernel_num <= MAX_WEIGHTS
-            and may_fuse(x, [layer.weight, att.fc.weight], [att])
-            and (per_sample or folding_pays(x)))
+            and may_fuse(x, [layer.weight, att.fc.weight], [att]))
+
+
+def odconv_attentions(
+        layer, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """The channel (B, in), spatial (B, kh * kw) and filter (B, out)
+    attentions of ``layer`` for input ``x`` (None where the layer has none),
+    as views of the gates the branch's kernels write side by side, in the
+    dtype the op computes in (float32 under autocast). Forward only: call
+    where :func:`branch_fuses` and nothing needs a gradient."""
+    att = layer.attention
+    bn = att.bn
+    layout = _layout(layer)
+    with outside_autocast(x):
+        _, _, gates = _gates(
+            layout, pixel_sums(x), x.shape[2] * x.shape[3],
+            float(layer.temperature), att.fc.weight.contiguous(), bn.weight,
+            bn.bias, bn.running_mean, bn.running_var, bn.eps, _heads(att))
+    start = layout.channel + layout.filter
+    return (gates[:, :layout.channel],
+            gates[:, start:start + layout.spatial] if layout.spatial else None,
+            gates[:, layout.channel:start] if layout.filter else None)
+
+
+def _heads(att) -> list:
+    """Weight and bias of each head (None, None where absent)."""
+    heads = []
+    for name in ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc'):
+        head = getattr(att, name, None)
+        heads += [None, None] if head is None else [head.weight.contiguous(),
+                                                    head.bias]
+    return heads
 
 
 def odconv_weights(layer, x: Tensor) -> Tensor:
@@ -237,11 +293,7 @@ def odconv_weights(layer, x: Tensor) -> Tensor:
     where :func:`applies`."""
     att = layer.attention
     bn = att.bn
-    heads = []
-    for name in ('channel_fc', 'filter_fc', 'spatial_fc', 'kernel_fc'):
-        head = getattr(att, name, None)
-        heads += [None, None] if head is None else [head.weight.contiguous(),
-                                                    head.bias]
+    heads = _heads(att)
     pooled = pixel_sums(x)  # in float32 under autocast: outside the block
     dtype = conv_dtype(x)
     with outside_autocast(x):

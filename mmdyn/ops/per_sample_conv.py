@@ -211,9 +211,11 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
     tiles = _tiles(x.dtype, out_h * out_w, out_channels)
     grid = (cdiv(out_h * out_w, tiles['BM']), cdiv(out_channels, tiles['BN']),
             batch)
-    terms = [None if t is None else t.contiguous()
-             for t in (channel, spatial, filter, bias) +
-             (low_rank or LowRank(None, None, None, None))]
+    attentions = [None if t is None else rows_contiguous(t)
+                  for t in (channel, spatial, filter)]
+    terms = attentions + [None if t is None else t.contiguous()
+                          for t in (bias, ) +
+                          (low_rank or LowRank(None, None, None, None))]
     latent = 0 if low_rank is None else low_rank.q.shape[0]
     after = epilogue_operands(epilogue, y, grid[0])
     kernels.conv_fwd[grid](
@@ -221,14 +223,22 @@ def conv_forward(x: Tensor, weights: Tensor, geometry: Geometry, *,
         *after.tensors, channels, height, width, out_channels, out_h, out_w,
         out_h * out_w, latent, *x.stride(), 0 if shared else weights.stride(0),
         *weights.stride()[-4:-2], weights.stride(-1), *pixel_strides(y),
-        *after.residual_strides, *geometry.kernel_args(),
-        KW=kw, TAPS=kh * kw, FLAT=flat, HAS_CHAN=channel is not None,
+        *after.residual_strides,
+        *[0 if t is None else t.stride(0) for t in attentions],
+        *geometry.kernel_args(), KW=kw, TAPS=kh * kw, FLAT=flat,
+        HAS_CHAN=channel is not None,
         HAS_TAP=spatial is not None, HAS_FILT=filter is not None,
         HAS_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LP=max(16, next_pow2(latent)), TC=(kh - 1) // 2 * kw + (kw - 1) // 2,
         TF32=_tf32(x), ACC=accumulator(x.dtype), **after.flags, **tiles)
     after.keep_sums(y)
     return y
+
+
+def rows_contiguous(t: Tensor) -> Tensor:
+    """``t`` (B, N) with each row contiguous (a copy where not): the
+    kernels address its rows by their stride."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 class EpilogueOperands(NamedTuple):

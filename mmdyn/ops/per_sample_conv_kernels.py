@@ -37,7 +37,8 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
              norm_h, res, y, sums, C, H, W, CO, OH, OW, NP, L, stride_xb,
              stride_xc, stride_xh, stride_xw, stride_wb, stride_wo,
              stride_wc, stride_wt, stride_yb, stride_yc, stride_yp,
-             stride_rb, stride_rc, stride_rp, SH, SW, PH, PW, DH, DW,
+             stride_rb, stride_rc, stride_rp, stride_cb, stride_tb,
+             stride_fb, SH, SW, PH, PW, DH, DW,
              KW: tl.constexpr, TAPS: tl.constexpr, FLAT: tl.constexpr,
              HAS_CHAN: tl.constexpr,
              HAS_TAP: tl.constexpr, HAS_FILT: tl.constexpr,
@@ -61,9 +62,11 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
       L-dimensional latent space, ``z[l, p] = sum_c q[l, c] x[c, p shifted
       by tap TC]`` (DCD's ``P Phi(x) Q^T`` on the centre tap, Eq. 4 of the
       DCD paper), gathered while the product runs over tap TC;
-    - the attentions ``chan`` (B, C), ``tap`` (B, TAPS),
-      ``filt`` and ``bias`` (B, CO), and ``q`` (L, C), ``lr_m`` (B, L, L),
-      ``lr_c`` (B, L), ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
+    - the attentions ``chan`` (B, C), ``tap`` (B, TAPS) and ``filt`` (B,
+      CO) have rows ``stride_cb``, ``stride_tb``, ``stride_fb`` apart (views
+      of one tensor of gates, or each its own), each row contiguous;
+      ``bias`` (B, CO), ``q`` (L, C), ``lr_m`` (B, L, L), ``lr_c`` (B, L)
+      and ``lr_p`` (CO, L) are contiguous; ``LP`` is L rounded
       up to a power of two, at least 16;
     - the block's operations after the conv, at inference (``HAS_NORM``,
       ``HAS_RES``, ``RELU``, ``RELU_CAP``), and the output's pixel sums
@@ -123,14 +126,15 @@ def conv_fwd(x, w, chan, tap, filt, bias, q, lr_m, lr_c, lr_p, norm_s,
             # the tile's own dtype, so the tile is not converted twice
             s = tl.full([BK], 1, ACC)
             if HAS_CHAN:
-                s = s * tl.load(chan + b * C + c, mask=c_in,
+                s = s * tl.load(chan + b * stride_cb + c, mask=c_in,
                                 other=0).to(ACC)
             if HAS_TAP:
-                s = s * tl.load(tap + b * TAPS + t).to(ACC)
+                s = s * tl.load(tap + b * stride_tb + t).to(ACC)
             k = k * s.to(k.dtype)[:, None]
         acc += _dot(a, k.to(a.dtype), TF32, ACC)
     if HAS_FILT:
-        acc *= tl.load(filt + b * CO + o, mask=o_in, other=0).to(ACC)[None, :]
+        acc *= tl.load(filt + b * stride_fb + o, mask=o_in,
+                       other=0).to(ACC)[None, :]
     if LOW_RANK:
         # u[p, l] = sum_j z[p, j] m[l, j] + c[l]; then r = u P^T
         m = tl.load(lr_m + b * L * L + lat[None, :] * L + lat[:, None],

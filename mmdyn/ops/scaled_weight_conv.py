@@ -22,6 +22,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from . import odconv_weights as attention_branch
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
 from .per_sample_conv import Epilogue, Geometry, conv_forward, kernels_take
@@ -63,8 +64,14 @@ def scaled_weight_conv(layer, x: Tensor, channel: Tensor,
 
 def layer_forward(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     """The output of ODConv (1x) ``layer`` for input ``x``, then the
-    ``epilogue``: its attentions, and :func:`scaled_weight_conv`. Call
-    where :func:`applies`."""
-    att = layer.attention(x, layer.temperature)
-    return scaled_weight_conv(layer, x, att.channel, att.spatial, att.filter,
+    ``epilogue``: its attentions (by the attention branch's kernels where
+    they take it, :func:`~.odconv_weights.odconv_attentions`), and
+    :func:`scaled_weight_conv`. Call where :func:`applies`."""
+    if attention_branch.branch_fuses(layer, x):
+        channel, spatial, filter = attention_branch.odconv_attentions(
+            layer, x)
+    else:
+        att = layer.attention(x, layer.temperature)
+        channel, spatial, filter = att.channel, att.spatial, att.filter
+    return scaled_weight_conv(layer, x, channel, spatial, filter,
                               layer._per_sample_bias(x.shape[0]), epilogue)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from layer_cases import ApplySpy, compare, randomize, triton_runs_here
+from layer_cases import (ApplySpy, compare, make_layer, randomize,
+                         triton_runs_here)
 from mmdyn.layers import ODConv2d
 from mmdyn.ops import dispatch, fused_ops
 from mmdyn.ops import odconv_weights as fused
@@ -116,3 +117,24 @@ def test_many_tiles_match_the_reference(kernel_num, device, monkeypatch):
     with fused_ops('always'):
         compare(layer, odconv_reference, x, atol=1e-8)
     assert spy.calls == 1
+
+
+@pytest.mark.parametrize('geometry', ['3x3', '1x1', 'depthwise'])
+def test_attentions_by_the_kernels_equal_the_branch(geometry):
+    """odconv_attentions, the branch's kernels without a weight fold, gives
+    the channel, spatial and filter attentions of the layer's own branch
+    (float64); a test that sees each one: the output comparisons see them
+    only through the conv."""
+    layer, _ = make_layer('odconv-1x-fused', geometry)
+    layer.eval()
+    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
+    with torch.no_grad(), fused_ops('always'):
+        assert fused.branch_fuses(layer, x)
+        channel, spatial, filter = fused.odconv_attentions(layer, x)
+        expected = layer.attention(x, layer.temperature)
+    for got, want in ((channel, expected.channel),
+                      (spatial, expected.spatial),
+                      (filter, expected.filter)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
