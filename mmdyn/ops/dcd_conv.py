@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._compat import BatchNormBase
+from . import dcd_weights as dynamic_branch
 from .conv_norm import norm_affine
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
@@ -56,10 +57,13 @@ def dcd_conv(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     ``bn2(Phi z) + z = M z + h2`` with ``M = diag(s2) Phi + I``, so it is
     ``P (M (s1 Q^T x) + M h1 + h2)``: the kernel gets ``diag(s1) Q^T``,
     ``M`` and ``M h1 + h2`` per sample, and ``P``."""
-    dynamics = layer.dynamics(x)
+    if dynamic_branch.branch_fuses(layer, x):
+        scale, phi = dynamic_branch.dcd_dynamics(layer, x)
+    else:
+        scale, phi = layer.dynamics(x)
     s1, h1 = norm_affine(layer.bn1)
     s2, h2 = norm_affine(layer.bn2)
-    m = s2[:, None] * dynamics.phi + torch.eye(
+    m = s2[:, None] * phi + torch.eye(
         layer.latent_dim, dtype=x.dtype, device=x.device)
     residual = LowRank(q=s1[:, None] * layer.q.weight.flatten(1), m=m,
                        c=m @ h1 + h2, p=layer.p.weight.flatten(1))
@@ -68,5 +72,5 @@ def dcd_conv(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     with outside_autocast(x):
         return conv_forward(
             x, weight, Geometry(layer.stride, layer.padding, layer.dilation),
-            shared=True, filter=dynamics.scale, bias=bias, low_rank=residual,
+            shared=True, filter=scale, bias=bias, low_rank=residual,
             epilogue=epilogue)

@@ -78,6 +78,51 @@ def _parts_per_load(count: int, tile: int) -> int:
     return max(1, min(next_pow2(count), 8192 // tile))
 
 
+class _Branch(NamedTuple):
+    """What the branch's kernels write: ``squeezed`` (B, S), Phi(x) (B, L,
+    L) and Lambda(x) (B, CO); with ``save``, also the gate's logits and
+    ``hidden`` (B, S) and Lambda's logits (B, CO) for the backward (else
+    these are ``scale``)."""
+    squeezed: Tensor
+    phi: Tensor
+    scale: Tensor
+    gate: Tensor
+    hidden: Tensor
+    scale_logits: Tensor
+
+
+def _dynamics(pooled: Tensor, pixels: int, w_in: Tensor, w_gate: Tensor,
+              w_phi: Tensor, w_scale: Tensor, latent: int,
+              temperature: float, save: bool) -> _Branch:
+    """The dynamic branch from the pixel sums ``pooled`` (B, C): ``fc[0]``
+    on their mean, the squeeze gate, then ``fc_phi`` and ``fc_scale``; the
+    weights contiguous."""
+    from . import dcd_kernels as gpu
+    batch, channels = pooled.shape
+    width = w_in.shape[0]
+    out_channels = w_scale.shape[0]
+    acc = accumulator(pooled.dtype)
+    new = pooled.new_empty
+    squeezed = new(batch, width)
+    rows = 32
+    gpu.squeeze_fwd[(batch, cdiv(width, rows))](
+        pooled, pixels, w_in, squeezed, channels, width, BS=rows, BC=128,
+        ACC=acc)
+    phi = new(batch, latent, latent)
+    scale = new(batch, out_channels)
+    gate = new(batch, width) if save else scale
+    hidden = new(batch, width) if save else scale
+    scale_logits = new(batch, out_channels) if save else scale
+    squeeze_tile = next_pow2(width)
+    head_rows = max(1, min(64, 8192 // squeeze_tile))
+    gpu.heads_fwd[(batch, cdiv(latent * latent + out_channels, head_rows))](
+        squeezed, w_gate, w_phi, w_scale, phi, scale, gate, hidden,
+        scale_logits, width, latent * latent, out_channels, temperature,
+        SAVE=save, BJ=head_rows, BS=squeeze_tile, BG=min(squeeze_tile, 32),
+        ACC=acc)
+    return _Branch(squeezed, phi, scale, gate, hidden, scale_logits)
+
+
 class FusedDCDWeights(torch.autograd.Function):
     """Pixel sums (B, C) -> per-sample weights (B, CO, CI, kh, kw) and
     biases (B, CO).
@@ -103,32 +148,15 @@ class FusedDCDWeights(torch.autograd.Function):
         w_in, w_gate, w_phi, w_scale, p, q, w0 = (
             t.contiguous() for t in (w_in, w_gate, w_phi, w_scale, p, q, w0))
         batch, channels = pooled.shape
-        width = w_in.shape[0]
         out_channels, latent = p.shape
         in_channels = q.shape[1]
         acc = accumulator(pooled.dtype)
         affine = bn1_w is not None
         new = pooled.new_empty
 
-        squeezed = new(batch, width)
-        rows = 32
-        gpu.squeeze_fwd[(batch, cdiv(width, rows))](
-            pooled, pixels, w_in, squeezed, channels, width, BS=rows, BC=128,
-            ACC=acc)
-
-        phi = new(batch, latent, latent)
-        scale = new(batch, out_channels)
-        gate = new(batch, width) if save else scale
-        hidden = new(batch, width) if save else scale
-        scale_logits = new(batch, out_channels) if save else scale
-        squeeze_tile = next_pow2(width)
-        head_rows = max(1, min(64, 8192 // squeeze_tile))
-        gpu.heads_fwd[(batch, cdiv(latent * latent + out_channels,
-                                   head_rows))](
-            squeezed, w_gate, w_phi, w_scale, phi, scale, gate, hidden,
-            scale_logits, width, latent * latent, out_channels,
-            shape.temperature, SAVE=save, BJ=head_rows, BS=squeeze_tile,
-            BG=min(squeeze_tile, 32), ACC=acc)
+        squeezed, phi, scale, gate, hidden, scale_logits = _dynamics(
+            pooled, pixels, w_in, w_gate, w_phi, w_scale, latent,
+            shape.temperature, save)
 
         bn1 = _bn_args(mean1, var1, bn1_w, bn1_b, shape.eps1)
         bn2 = _bn_args(mean2, var2, bn2_w, bn2_b, shape.eps2)
@@ -250,6 +278,33 @@ class FusedDCDWeights(torch.autograd.Function):
                 bn_grads[3], grad_layer_bias if ctx.has_bias else None)
 
 
+def branch_fuses(layer, x: Tensor) -> bool:
+    """Whether the kernels compute ``layer``'s dynamic branch (Lambda(x)
+    and Phi(x)) for input ``x``: :func:`~mmdyn.ops.dispatch.may_fuse`
+    allows it, the branch pools to 1x1 and the kernels take its widths."""
+    return (layer.pool_size == 1
+            and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
+            and layer.latent_dim <= MAX_LATENT_DIM
+            and may_fuse(x, [layer.fc_phi.weight],
+                         [layer.fc, layer.fc_phi, layer.fc_scale]))
+
+
+def dcd_dynamics(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Lambda(x) (B, out) and Phi(x) (B, L, L) of
+    :class:`~mmdyn.layers.DCDConv2d` ``layer`` for input ``x`` by the
+    branch's kernels, in the dtype the op computes in (float32 under
+    autocast). Forward only: call where :func:`branch_fuses` and nothing
+    needs a gradient."""
+    weights = (t.contiguous() for t in (
+        layer.fc[0].weight, layer.fc[1].weight, layer.fc_phi.weight,
+        layer.fc_scale.weight))
+    with outside_autocast(x):
+        branch = _dynamics(pixel_sums(x), x.shape[2] * x.shape[3], *weights,
+                           layer.latent_dim, float(layer.temperature),
+                           save=False)
+    return branch.scale, branch.phi
+
+
 def applies(layer, x: Tensor) -> bool:
     """Whether :func:`dcd_weights` computes ``layer``'s weights for input
     ``x``: where :func:`~mmdyn.ops.dispatch.may_fuse` allows it (for the
@@ -259,15 +314,12 @@ def applies(layer, x: Tensor) -> bool:
     and the batch is small enough for that to pay
     (:func:`~mmdyn.ops.dispatch.folding_pays`)."""
     bn1, bn2 = layer.bn1, layer.bn2
-    return (layer.groups == 1 and layer.pool_size == 1
+    return (layer.groups == 1
             and all(isinstance(bn, BatchNormBase) and not bn.training
                     and bn.running_var is not None for bn in (bn1, bn2))
             and (bn1.weight is None) == (bn2.weight is None)
-            and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
-            and layer.latent_dim <= MAX_LATENT_DIM
-            and may_fuse(x, [layer.conv.weight, layer.fc_phi.weight,
-                             layer.p.weight],
-                         [layer.fc, layer.fc_phi, layer.fc_scale])
+            and branch_fuses(layer, x)
+            and may_fuse(x, [layer.conv.weight, layer.p.weight], [])
             and folding_pays(x))
 
 

@@ -108,3 +108,25 @@ def test_does_not_apply(case, monkeypatch):
         if case != 'pool 2':  # the flag alone does not make a 2x2 branch
             layer(x)
     assert spy.calls == 0
+
+
+@pytest.mark.parametrize('geometry', ['3x3', '1x1-stride2'])
+def test_dynamics_by_the_kernels_equal_the_branch(geometry):
+    """dcd_dynamics, the branch's kernels without the fold, gives Lambda(x)
+    and Phi(x) of the layer's own branch (float64)."""
+    layer = _dcd(geometry, temperature=2.5)
+    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
+    with torch.no_grad(), fused_ops('always'):
+        assert fused.branch_fuses(layer, x)
+        scale, phi = fused.dcd_dynamics(layer, x)
+        expected = layer.dynamics(x)
+    torch.testing.assert_close(scale, expected.scale, rtol=0, atol=1e-12)
+    torch.testing.assert_close(phi, expected.phi, rtol=0, atol=1e-12)
+
+
+def test_the_branch_by_the_kernels_needs_a_1x1_pool():
+    layer, _ = make_layer('dcd-fused', '3x3')
+    x = torch.randn(3, layer.in_channels, 9, 7, dtype=torch.float64)
+    layer.pool_size = 2
+    with fused_ops('always'):
+        assert not fused.branch_fuses(layer, x)
