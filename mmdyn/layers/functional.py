@@ -106,9 +106,15 @@ def adaptive_avg_pool2x2(x: Tensor) -> Tensor:
     of its four bins, rows ``[0, ceil(H/2))`` and ``[floor(H/2), H)`` by the
     same columns, so that the exported graph follows the input's size (the
     exporters fix adaptive pooling to the example's size)."""
-    if not exporting():
-        return F.adaptive_avg_pool2d(x, 2)
     height, width = x.shape[-2:]
+    if not exporting():
+        if min(height, width) < 2 or x.is_contiguous():
+            return F.adaptive_avg_pool2d(x, 2)
+        # the same bins as one window of ceil(n/2) moved by floor(n/2) on
+        # each side; for a channels-last input PyTorch's fixed-window pool
+        # is the faster kernel, its adaptive pool the faster for NCHW
+        return F.avg_pool2d(x, ((height + 1) // 2, (width + 1) // 2),
+                            (height // 2, width // 2))
     rows = (x[:, :, :(height + 1) // 2], x[:, :, height // 2:])
     return torch.stack([
         torch.stack([r[..., :(width + 1) // 2].mean((2, 3)),
