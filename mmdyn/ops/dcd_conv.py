@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from .._compat import BatchNormBase
-from . import dcd_weights as dynamic_branch
 from .conv_norm import norm_affine
+from .dcd_weights import dcd_dynamics
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
 from .per_sample_conv import (Epilogue, Geometry, LowRank, conv_forward,
@@ -57,10 +57,7 @@ def dcd_conv(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     ``bn2(Phi z) + z = M z + h2`` with ``M = diag(s2) Phi + I``, so it is
     ``P (M (s1 Q^T x) + M h1 + h2)``: the kernel gets ``diag(s1) Q^T``,
     ``M`` and ``M h1 + h2`` per sample, and ``P``."""
-    if dynamic_branch.branch_fuses(layer, x):
-        scale, phi = dynamic_branch.dcd_dynamics(layer, x)
-    else:
-        scale, phi = layer.dynamics(x)
+    scale, phi = dcd_dynamics(layer, x)
     s1, h1 = norm_affine(layer.bn1)
     s2, h2 = norm_affine(layer.bn2)
     m = s2[:, None] * phi + torch.eye(

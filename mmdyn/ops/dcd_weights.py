@@ -278,23 +278,34 @@ class FusedDCDWeights(torch.autograd.Function):
                 bn_grads[3], grad_layer_bias if ctx.has_bias else None)
 
 
+def _branch_taken(layer) -> bool:
+    """Whether the kernels take ``layer``'s dynamic branch: a 1x1 pool and
+    widths within their limits."""
+    return (layer.pool_size == 1
+            and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
+            and layer.latent_dim <= MAX_LATENT_DIM)
+
+
+def _branch_modules(layer) -> list:
+    return [layer.fc, layer.fc_phi, layer.fc_scale]
+
+
 def branch_fuses(layer, x: Tensor) -> bool:
     """Whether the kernels compute ``layer``'s dynamic branch (Lambda(x)
     and Phi(x)) for input ``x``: :func:`~mmdyn.ops.dispatch.may_fuse`
     allows it, the branch pools to 1x1 and the kernels take its widths."""
-    return (layer.pool_size == 1
-            and layer.fc[0].out_features <= MAX_SQUEEZE_CHANNELS
-            and layer.latent_dim <= MAX_LATENT_DIM
-            and may_fuse(x, [layer.fc_phi.weight],
-                         [layer.fc, layer.fc_phi, layer.fc_scale]))
+    return _branch_taken(layer) and may_fuse(
+        x, [layer.fc_phi.weight], _branch_modules(layer))
 
 
 def dcd_dynamics(layer, x: Tensor) -> Tuple[Tensor, Tensor]:
     """Lambda(x) (B, out) and Phi(x) (B, L, L) of
-    :class:`~mmdyn.layers.DCDConv2d` ``layer`` for input ``x`` by the
-    branch's kernels, in the dtype the op computes in (float32 under
-    autocast). Forward only: call where :func:`branch_fuses` and nothing
-    needs a gradient."""
+    :class:`~mmdyn.layers.DCDConv2d` ``layer`` for input ``x``: where
+    :func:`branch_fuses`, by the branch's kernels, in the dtype the op
+    computes in (float32 under autocast); elsewhere by the layer's own
+    branch. Forward only: call where nothing needs a gradient."""
+    if not branch_fuses(layer, x):
+        return tuple(layer.dynamics(x))
     weights = (t.contiguous() for t in (
         layer.fc[0].weight, layer.fc[1].weight, layer.fc_phi.weight,
         layer.fc_scale.weight))
@@ -318,8 +329,9 @@ def applies(layer, x: Tensor) -> bool:
             and all(isinstance(bn, BatchNormBase) and not bn.training
                     and bn.running_var is not None for bn in (bn1, bn2))
             and (bn1.weight is None) == (bn2.weight is None)
-            and branch_fuses(layer, x)
-            and may_fuse(x, [layer.conv.weight, layer.p.weight], [])
+            and _branch_taken(layer)
+            and may_fuse(x, [layer.conv.weight, layer.fc_phi.weight,
+                             layer.p.weight], _branch_modules(layer))
             and folding_pays(x))
 
 

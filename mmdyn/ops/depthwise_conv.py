@@ -20,9 +20,9 @@ from typing import Optional
 from torch import Tensor
 
 from ..layers.functional import conv_output_size
-from . import odconv_weights as attention_branch
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
+from .odconv_weights import odconv_attentions
 from .per_sample_conv import (Epilogue, Geometry, empty_like_layout,
                               epilogue_operands, kernels_take, pixel_strides,
                               rows_contiguous)
@@ -59,11 +59,7 @@ def odconv_forward(layer, x: Tensor,
     spatial attentions applied to the one weight as the kernel reads it, so
     that no per-sample weight is written. Call where
     :func:`odconv_applies`."""
-    if attention_branch.branch_fuses(layer, x):
-        channel, spatial, _ = attention_branch.odconv_attentions(layer, x)
-    else:
-        att = layer.attention(x, layer.temperature)
-        channel, spatial = att.channel, att.spatial
+    channel, spatial, _ = odconv_attentions(layer, x)
     return depthwise_conv(
         x, layer.weight[0], layer._per_sample_bias(x.shape[0]),
         Geometry(layer.stride, layer.padding, layer.dilation), epilogue,

@@ -258,11 +258,15 @@ def branch_fuses(layer, x: Tensor) -> bool:
 def odconv_attentions(
         layer, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """The channel (B, in), spatial (B, kh * kw) and filter (B, out)
-    attentions of ``layer`` for input ``x`` (None where the layer has none),
-    as views of the gates the branch's kernels write side by side, in the
-    dtype the op computes in (float32 under autocast). Forward only: call
-    where :func:`branch_fuses` and nothing needs a gradient."""
+    attentions of ``layer`` for input ``x`` (None where the layer has none).
+    Where :func:`branch_fuses`, views of the gates the branch's kernels
+    write side by side, in the dtype the op computes in (float32 under
+    autocast); elsewhere the layer's own branch. Forward only: call where
+    nothing needs a gradient."""
     att = layer.attention
+    if not branch_fuses(layer, x):
+        own = att(x, layer.temperature)
+        return own.channel, own.spatial, own.filter
     bn = att.bn
     layout = _layout(layer)
     with outside_autocast(x):

@@ -22,9 +22,9 @@ from typing import Optional
 
 from torch import Tensor
 
-from . import odconv_weights as attention_branch
 from .dispatch import (as_conv_operands, folding_pays, may_fuse,
                        needs_grad, outside_autocast)
+from .odconv_weights import odconv_attentions
 from .per_sample_conv import Epilogue, Geometry, conv_forward, kernels_take
 
 
@@ -67,11 +67,6 @@ def layer_forward(layer, x: Tensor, epilogue: Epilogue = Epilogue()) -> Tensor:
     ``epilogue``: its attentions (by the attention branch's kernels where
     they take it, :func:`~.odconv_weights.odconv_attentions`), and
     :func:`scaled_weight_conv`. Call where :func:`applies`."""
-    if attention_branch.branch_fuses(layer, x):
-        channel, spatial, filter = attention_branch.odconv_attentions(
-            layer, x)
-    else:
-        att = layer.attention(x, layer.temperature)
-        channel, spatial, filter = att.channel, att.spatial, att.filter
+    channel, spatial, filter = odconv_attentions(layer, x)
     return scaled_weight_conv(layer, x, channel, spatial, filter,
                               layer._per_sample_bias(x.shape[0]), epilogue)
