@@ -76,8 +76,10 @@ def test_a_non_finite_weight_stays_in_its_sample():
     weight[0, 0, 0] = float('inf')
     got = _block_diagonal(x, weight, bias, g)
     assert not torch.isfinite(got[0]).all()
-    assert torch.equal(got[1], per_sample_conv_reference(
-        x[1:], weight[1:], bias[1:], g)[0])
+    assert torch.isfinite(got[1]).all()
+    # equal up to the order of the sums, which the CPU's conv kernel picks
+    torch.testing.assert_close(got[1], per_sample_conv_reference(
+        x[1:], weight[1:], bias[1:], g)[0], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize('case', [
